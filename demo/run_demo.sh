@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job end to end on the embedded emoji collection:
+# fetch -> extract vectors -> thumbnails -> per-period Annoy indices -> a query.
+# Every step is resumable: run it again after an interruption and it continues.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-data/demo}
+PY=${PYTHON:-.venv/bin/python}
+
+$PY demo/fetch_emoji.py "$DATA"
+$PY extract_vectors.py "$DATA/metadata.csv" "$DATA/vectors"
+$PY make_thumbnails.py "$DATA/metadata.csv" "$DATA/thumbnails"
+$PY annoy_indexer.py build "$DATA/vectors" "$DATA/indices-eucl" --steps 10 1
+echo "Neighbours of the Google drawing of 'Grinning Face' (emoji:google:1f600), per decade and year:"
+$PY annoy_indexer.py query "$DATA/vectors" "$DATA/indices-eucl" emoji:google:1f600 --nns 3 --step 1

@@ -1,0 +1,71 @@
+"""Shared fixtures: the real emoji collection and the real model, each made once per test session."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEMO_DIR = ROOT / "data" / "demo"
+
+
+@pytest.fixture(scope="session")
+def emoji_metadata() -> Path:
+    """The demo collection's metadata CSV (fetched with npm into data/demo, which git ignores)."""
+    sys.path.insert(0, str(ROOT / "demo"))
+    import fetch_emoji
+
+    return fetch_emoji.fetch(DEMO_DIR)
+
+
+@pytest.fixture(scope="session")
+def emoji_rows(emoji_metadata: Path) -> list[dict]:
+    with open(emoji_metadata, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="session")
+def emoji_pairs(emoji_rows: list[dict]) -> list[tuple[dict, dict]]:
+    """Google and Twitter drawings of 24 different emoji, spread over the whole list.
+
+    Skin-tone variants are left out: they differ from their base emoji only in colour, which would
+    make the twin task about colour rather than about drawing.
+    """
+    by_key = {(row["maker"], row["unified"]): row for row in emoji_rows}
+    bases = [row for row in emoji_rows
+             if row["maker"] == "google" and "(" not in row["name"]
+             and ("twitter", row["unified"]) in by_key]
+    chosen = bases[:: max(1, len(bases) // 24)][:24]
+    return [(row, by_key[("twitter", row["unified"])]) for row in chosen]
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
+    columns = columns or list(rows[0])
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def pairs_csv(tmp_path: Path, emoji_pairs, emoji_metadata: Path) -> Path:
+    """A metadata CSV of the 24 emoji pairs, paths absolute so it can live in tmp_path."""
+    rows = []
+    for pair in emoji_pairs:
+        for row in pair:
+            rows.append(dict(row, path=str(emoji_metadata.parent / row["path"])))
+    return write_csv(tmp_path / "pairs.csv", rows)
+
+
+@pytest.fixture(scope="session")
+def inception_2015():
+    """The real Inception v3 (Google, 2015) embedder, loaded once: conversion is cached on disk."""
+    from siamese.backbones import get_backbone
+
+    return get_backbone("inception-v3-2015").load()

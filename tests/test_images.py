@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamese.images import ImageRejected, load_model_input, open_rgb
+
+
+def test_transparent_palette_image_is_composited_onto_white(tmp_path):
+    image = Image.new("P", (10, 10), 0)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.paste(1, (0, 0, 5, 10))  # left half red, right half palette index 0 (transparent)
+    image.info["transparency"] = 0
+    image.save(tmp_path / "p.png", transparency=0)
+    rgb = np.asarray(open_rgb(tmp_path / "p.png"))
+    assert rgb[5, 2].tolist() == [255, 0, 0]
+    assert rgb[5, 8].tolist() == [255, 255, 255]
+
+
+def test_half_transparent_rgba_blends_with_white(tmp_path):
+    Image.new("RGBA", (4, 4), (0, 0, 0, 128)).save(tmp_path / "a.png")
+    value = np.asarray(open_rgb(tmp_path / "a.png"))[0, 0]
+    assert 120 <= value[0] <= 135 and value[0] == value[1] == value[2]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "r.jpg", exif=exif)
+    assert open_rgb(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
+    array = np.array([[0, 1000], [2000, 4000]], dtype=np.uint16)
+    Image.fromarray(array).save(tmp_path / "g16.png")
+    rgb = np.asarray(open_rgb(tmp_path / "g16.png"))
+    assert rgb[1, 1].tolist() == [255, 255, 255]
+    assert 100 < rgb[1, 0, 0] < 150  # 2000/4000 of white, where clipping would give 255
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg")
+    rgb = open_rgb(tmp_path / "c.jpg")
+    assert rgb.mode == "RGB"
+    assert np.asarray(rgb)[4, 4, 0] > 200 and np.asarray(rgb)[4, 4, 1] < 60
+
+
+def test_model_input_is_exactly_the_size_asked(tmp_path):
+    Image.new("L", (123, 45), 7).save(tmp_path / "g.png")
+    pixels = load_model_input(tmp_path / "g.png", (299, 299))
+    assert pixels.shape == (299, 299, 3) and pixels.dtype == np.uint8
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a huge size: what a decompression bomb looks like before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def broken_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """Each kind of bad file, with the word its rejection reason must contain."""
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "good.png")
+    whole = (tmp_path / "good.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "text.png").write_text("this is not an image")
+    (tmp_path / "bomb.png").write_bytes(png_header_claiming(50_000, 50_000))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    return {"truncated": (tmp_path / "truncated.png", "truncated"),
+            "text": (tmp_path / "text.png", "not an image"),
+            "bomb": (tmp_path / "bomb.png", "decompression bomb"),
+            "empty": (tmp_path / "empty.jpg", "not an image"),
+            "missing": (tmp_path / "missing.png", "missing file"),
+            "folder": (tmp_path / "folder.png", "not a regular file")}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "text", "bomb", "empty", "missing", "folder"])
+def test_bad_files_are_rejected_with_a_reason(tmp_path, kind):
+    path, reason = broken_inputs(tmp_path)[kind]
+    with pytest.raises(ImageRejected, match=reason):
+        load_model_input(path, (299, 299))

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import unquote
+
+from PIL import Image
+
+from conftest import ROOT, write_csv
+from make_thumbnails import make_thumbnails, thumbnail_filename
+
+
+def collection(tmp_path: Path) -> Path:
+    Image.new("RGB", (1200, 900), (200, 10, 10)).save(tmp_path / "big.jpg")
+    Image.new("RGBA", (64, 64), (0, 0, 255, 0)).save(tmp_path / "small.png")
+    (tmp_path / "broken.png").write_text("not an image")
+    rows = [{"urn": "ddd:010:mpeg21:a0001", "path": "big.jpg", "date": "1950"},
+            {"urn": "ddd:010-mpeg21-a0001", "path": "small.png", "date": "1951"},
+            {"urn": "ddd:broken", "path": "broken.png", "date": "1952"},
+            {"urn": "ddd:bad-date", "path": "small.png", "date": "1952-99"}]
+    return write_csv(tmp_path / "meta.csv", rows)
+
+
+def test_thumbnails_are_at_most_max_height_keep_aspect_and_never_upscale(tmp_path):
+    counts = make_thumbnails(collection(tmp_path), tmp_path / "thumbs", max_height=300,
+                             workers=2, progress=False)
+    assert counts == {"written": 2, "skipped": 0, "rejected": 2}
+    with Image.open(tmp_path / "thumbs" / thumbnail_filename("ddd:010:mpeg21:a0001")) as big:
+        assert big.format == "JPEG" and big.size == (400, 300)
+    with Image.open(tmp_path / "thumbs" / thumbnail_filename("ddd:010-mpeg21-a0001")) as small:
+        assert small.size == (64, 64)
+        assert small.getpixel((5, 5))[0] > 240  # transparent shown as white, not black
+    with open(tmp_path / "thumbs" / "rejects.csv", newline="") as handle:
+        reasons = {row["urn"]: row["reason"] for row in csv.DictReader(handle)}
+    assert "not an image" in reasons["ddd:broken"]
+    assert "CSV line" in reasons["ddd:bad-date"]
+
+
+def test_existing_thumbnails_are_skipped_so_a_rerun_resumes(tmp_path):
+    meta = collection(tmp_path)
+    make_thumbnails(meta, tmp_path / "thumbs", workers=1, progress=False)
+    kept = tmp_path / "thumbs" / thumbnail_filename("ddd:010:mpeg21:a0001")
+    kept.write_bytes(b"marker")  # a second run must not touch it
+    missing = tmp_path / "thumbs" / thumbnail_filename("ddd:010-mpeg21-a0001")
+    missing.unlink()
+    counts = make_thumbnails(meta, tmp_path / "thumbs", workers=1, progress=False)
+    assert counts["written"] == 1 and counts["skipped"] == 1
+    assert kept.read_bytes() == b"marker" and missing.exists()
+    assert not list((tmp_path / "thumbs").glob(".*.tmp"))
+
+
+def test_file_names_are_safe_distinct_and_reversible():
+    urns = ["ddd:010:mpeg21:a0001", "ddd-010-mpeg21-a0001", "a/b", "../etc/passwd", ".hidden",
+            "urn with spaces", "x" * 400]
+    names = [thumbnail_filename(urn) for urn in urns]
+    assert len(set(names)) == len(names)
+    for urn, name in zip(urns, names, strict=True):
+        assert "/" not in name and not name.startswith(".") and len(name.encode()) <= 210
+        if not name.startswith("sha1-"):
+            assert unquote(name[: -len(".jpg")]) == urn
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "make_thumbnails.py"),
+                             str(tmp_path / "nope.csv"), str(tmp_path / "t")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "not found" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, str(ROOT / "make_thumbnails.py"),
+                             str(collection(tmp_path)), str(tmp_path / "t"), "--max-height", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "max_height" in result.stderr
