@@ -31,6 +31,7 @@ class Backbone:
 
     def load(self, weights: str | os.PathLike | None = None) -> Embedder:
         """Build the model once; the returned function embeds uint8 batches."""
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not ours
         return self.loader(None if weights is None else os.fspath(weights))
 
 
@@ -54,6 +55,8 @@ def _load_inception_v3_2015(weights: str | None) -> Embedder:
             model = inception2015.load_inception_v3_2015()
     except FileNotFoundError as error:
         raise BackboneError(str(error)) from None
+    except (OSError, ValueError) as error:
+        raise BackboneError(f"cannot load Inception v3 (2015) weights from {weights}: {error}") from None
     assert isinstance(model, keras.Model)
     return _keras_embedder(model, inception2015.preprocess_2015)
 
