@@ -7,6 +7,7 @@ name the same periods the same way, and a reader sees familiar decades on the ti
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 
@@ -27,7 +28,9 @@ class Period:
         return str(self.start) if self.start == self.end else f"{self.start}-{self.end}"
 
     def __contains__(self, year: object) -> bool:
-        return isinstance(year, int) and self.start <= year <= self.end
+        if isinstance(year, bool) or not isinstance(year, numbers.Integral):
+            return False
+        return self.start <= int(year) <= self.end
 
 
 def validate_step(step: object) -> int:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import fcntl
 import json
+import operator
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -38,7 +40,7 @@ class StoreError(ValueError):
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a half-written one."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with open(temporary, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -67,7 +69,9 @@ class VectorStore:
         self.count: int = int(manifest["count"])
         self._items_bytes: int = int(manifest["items_bytes"])
         self._vectors: np.ndarray | None = None
-        self._items: list[dict] | None = None
+        self._items: _JsonLines | None = None
+        self._urns: list[str] | None = None
+        self._years: np.ndarray | None = None
         self._row_of_urn: dict[str, int] | None = None
 
     @classmethod
@@ -106,23 +110,27 @@ class VectorStore:
         return self._vectors
 
     @property
-    def items(self) -> list[dict]:
-        """One dict per row: urn, date, year, path and metadata (the CSV's other columns)."""
-        if self._items is None:
-            with open(self.directory / ITEMS, "rb") as handle:
-                committed = handle.read(self._items_bytes)
-            self._items = [json.loads(line) for line in committed.splitlines()]
-            if len(self._items) != self.count:
-                raise StoreError(f"{self.directory}: {ITEMS} holds {len(self._items)} committed rows, "
-                                 f"the manifest {self.count}")
+    def items(self) -> Sequence[dict]:
+        """One dict per row (urn, date, year, path, metadata), parsed from its JSON line when asked for.
+
+        Kept as raw JSON lines plus offsets rather than as 426,777 dicts: that is about a fifth of the
+        memory, which matters in every worker of the web app.
+        """
+        self._load_items()
+        assert self._items is not None
         return self._items
 
     @property
     def urns(self) -> list[str]:
-        return [item["urn"] for item in self.items]
+        self._load_items()
+        assert self._urns is not None
+        return self._urns
 
     def __contains__(self, urn: object) -> bool:
-        return urn in self._urn_index()
+        try:
+            return urn in self._urn_index()
+        except TypeError:  # unhashable: certainly not a urn of ours
+            return False
 
     def row_of(self, urn: str) -> int:
         """The row of `urn`; KeyError naming the urn when the store does not hold it."""
@@ -133,12 +141,53 @@ class VectorStore:
 
     def _urn_index(self) -> dict[str, int]:
         if self._row_of_urn is None:
-            self._row_of_urn = {item["urn"]: row for row, item in enumerate(self.items)}
+            self._row_of_urn = {urn: row for row, urn in enumerate(self.urns)}
         return self._row_of_urn
+
+    def _load_items(self) -> None:
+        if self._items is not None:
+            return
+        with open(self.directory / ITEMS, "rb") as handle:
+            committed = handle.read(self._items_bytes)
+        ends = np.flatnonzero(np.frombuffer(committed, dtype=np.uint8) == ord("\n")) + 1
+        if len(ends) != self.count:
+            raise StoreError(f"{self.directory}: {ITEMS} holds {len(ends)} committed rows, "
+                             f"the manifest {self.count}")
+        offsets = np.concatenate([[0], ends]).astype(np.int64)
+        urns, years = [], np.empty(self.count, dtype=np.int64)
+        for row, line in enumerate(committed.splitlines()):
+            item = json.loads(line)
+            urns.append(item["urn"])
+            years[row] = item["year"]
+        self._urns, self._years = urns, years
+        self._items = _JsonLines(committed, offsets)
 
     def years(self) -> np.ndarray:
         """The year of every row, as an int array (what period assignment needs)."""
-        return np.fromiter((item["year"] for item in self.items), dtype=np.int64, count=self.count)
+        self._load_items()
+        assert self._years is not None
+        return self._years.copy()
+
+
+class _JsonLines(Sequence):
+    """A read-only list of dicts backed by JSON lines, each parsed when it is read."""
+
+    def __init__(self, data: bytes, offsets: np.ndarray) -> None:
+        self._data = data
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        row = operator.index(index)
+        if row < 0:
+            row += len(self)
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {index} out of range for {len(self)} items")
+        return json.loads(self._data[self._offsets[row]:self._offsets[row + 1]])
 
 
 class VectorStoreWriter:
@@ -186,7 +235,7 @@ class VectorStoreWriter:
         self.store.manifest = manifest
         self.store.count = manifest["count"]
         self.store._items_bytes = manifest["items_bytes"]
-        self.store._vectors = self.store._items = self.store._row_of_urn = None
+        self.store._vectors = self.store._items = self.store._urns = self.store._row_of_urn = None
         self.urns.update(new_urns)
 
     def close(self) -> None:

@@ -95,3 +95,15 @@ def test_not_a_store_is_a_clear_error(tmp_path):
     (tmp_path / MANIFEST).write_text("{broken")
     with pytest.raises(StoreError, match="unreadable"):
         VectorStore(tmp_path)
+
+
+def test_items_behave_as_a_read_only_list_parsed_on_demand(tmp_path):
+    with VectorStoreWriter(tmp_path, "m", 8) as writer:
+        writer.append(vectors(0, 4), items(0, 4))
+    store = VectorStore(tmp_path)
+    assert len(store.items) == 4
+    assert store.items[-1]["urn"] == "urn:test:3"
+    assert [item["urn"] for item in store.items[1:3]] == ["urn:test:1", "urn:test:2"]
+    with pytest.raises(IndexError):
+        store.items[4]
+    assert "urn:test:2" in store and "urn:none" not in store and ["unhashable"] not in store

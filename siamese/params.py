@@ -1,0 +1,110 @@
+"""Query-string parameters of the web API, parsed strictly.
+
+Every request parameter is checked here so that a bad value is a 400 whose message says what is
+allowed, never a 500 from deep inside the indexer: a typo such as `nn=5` or `nns=five` is reported
+instead of being silently ignored and answered with defaults the caller did not ask for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from urllib.parse import parse_qsl
+
+MAX_PARAMETERS = 20  # more than any route takes; bounds the work a hostile query string can cause
+_DIGITS = re.compile(r"[0-9]{1,7}")  # ASCII digits only: int() would also take ' 5', '+5', '5_0', '٥'
+_PERIOD = re.compile(r"([0-9]{1,4})(?:-([0-9]{1,4}))?")  # years as the metadata CSV writes them
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+class ParameterError(ValueError):
+    """A request parameter is missing, repeated, unknown or malformed; the message says what is allowed."""
+
+    status = 400
+
+
+def shorten(value: str, limit: int = 80) -> str:
+    """`value` as repr() shows it, cut to `limit` characters: error messages echo input, never much of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+def parse_query_string(query_string: str, allowed: Sequence[str], route: str) -> dict[str, str]:
+    """The parameters of a WSGI QUERY_STRING as {name: value}, each given at most once.
+
+    PEP 3333 hands the query string over as latin-1 decoded bytes; it is turned back into bytes and
+    read as UTF-8, strictly, so that a urn with accents or emoji arrives as the collection spells it.
+    """
+    try:
+        text = query_string.encode("latin-1").decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict",
+                          max_num_fields=MAX_PARAMETERS)
+    except UnicodeError:
+        raise ParameterError("the query string must be UTF-8 (percent-encoded)") from None
+    except ValueError:
+        raise ParameterError(f"too many parameters (at most {MAX_PARAMETERS}); {route} takes "
+                             f"{_names(allowed)}") from None
+    parameters: dict[str, str] = {}
+    for name, value in pairs:
+        if name not in allowed:
+            raise ParameterError(f"unknown parameter {shorten(name)}; {route} takes {_names(allowed)}")
+        if name in parameters:
+            raise ParameterError(f"parameter {name!r} given more than once; give it once")
+        parameters[name] = value
+    return parameters
+
+
+def _names(allowed: Sequence[str]) -> str:
+    return ", ".join(allowed) if allowed else "no parameters"
+
+
+def parse_urn(value: str | None) -> str:
+    """The urn, exactly as given (urns are compared as they are stored, spaces and case included)."""
+    if value is None or value == "":
+        raise ParameterError("parameter 'urn' is required: the identifier of the query image, as in the "
+                             "metadata CSV (e.g. urn=emoji:google:1f600)")
+    return value
+
+
+def parse_count(value: str | None, name: str, default: int, maximum: int) -> int:
+    """A whole number from 1 to `maximum`, or `default` when the parameter is absent."""
+    if value is None:
+        return default
+    if _DIGITS.fullmatch(value) and 1 <= int(value) <= maximum:
+        return int(value)
+    raise ParameterError(f"{name} must be a whole number from 1 to {maximum} (default {default}), "
+                         f"got {shorten(value)}")
+
+
+def parse_step(value: str | None, steps: Collection[int]) -> int | None:
+    """One of the step sizes the indices were built with, or None (whole collection) for 'all' or absent."""
+    if value is None or value == "all":
+        return None
+    if _DIGITS.fullmatch(value) and int(value) in steps:
+        return int(value)
+    built = ", ".join(str(step) for step in steps)
+    raise ParameterError(f"step must be one of the period lengths the indices were built with ({built} "
+                         f"years), or 'all' (or left out) for the whole collection; got {shorten(value)}")
+
+
+def parse_period(value: str | None) -> tuple[int, int] | None:
+    """A year ('1950') or a range of years ('1950-1959', as the API labels periods); None when absent."""
+    if value is None:
+        return None
+    match = _PERIOD.fullmatch(value)
+    if match and int(match[1]) <= int(match[2] or match[1]):
+        return int(match[1]), int(match[2] or match[1])
+    raise ParameterError(f"period must be a year (e.g. 1950) or a range of years (e.g. 1950-1959, the "
+                         f"first not after the last), got {shorten(value)}")
+
+
+def parse_flag(value: str | None, name: str) -> bool:
+    """true/false (also 1/0, yes/no, on/off, any case); False when absent."""
+    if value is None:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ParameterError(f"{name} must be true or false (or 1/0, yes/no, on/off), got {shorten(value)}")

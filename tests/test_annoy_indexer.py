@@ -1,0 +1,478 @@
+"""annoy_indexer.py on small synthetic stores: real Annoy files in tmp_path, results against brute force."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from annoy import AnnoyIndex
+
+import annoy_indexer
+from annoy_indexer import METRICS, AnnoyIndexer, exact_distances, read_manifest
+from siamese.vector_store import VectorStore, VectorStoreWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+GAP_YEARS = (1952, 1953)  # no items: empty step-1 periods inside the timeline
+LONELY_YEAR = 1958  # one item: its own step-1 period has no neighbours for it
+
+
+def synthetic(n: int, dim: int, seed: int = 0, first_year: int = 1948, last_year: int = 1961,
+              start: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Clustered vectors with a decaying variance spectrum (like image features), years spread out."""
+    rng = np.random.default_rng(seed)
+    scale = np.arange(1, dim + 1) ** -0.5
+    centres = rng.standard_normal((max(2, n // 40), dim)) * scale * 3
+    vectors = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, dim)) * scale
+    years = [year for year in range(first_year, last_year + 1) if year not in GAP_YEARS + (LONELY_YEAR,)]
+    chosen = rng.choice(years, n)
+    if start == 0 and first_year <= LONELY_YEAR <= last_year:
+        chosen[n // 2] = LONELY_YEAR
+    items = [{"urn": f"urn:test:{start + i}", "date": f"{year}-05-01", "year": int(year),
+              "path": f"images/{start + i}.jpg",
+              "metadata": {"title": f"image {start + i}", "paper": "Le Temps"}}
+             for i, year in enumerate(chosen)]
+    return vectors.astype(np.float32), items
+
+
+def make_store(directory: Path, n: int = 400, dim: int = 16, seed: int = 0, **kwargs) -> Path:
+    vectors, items = synthetic(n, dim, seed, **kwargs)
+    with VectorStoreWriter(directory, "test-model", dim) as writer:
+        writer.append(vectors, items)
+    return directory
+
+
+def brute_force(store: VectorStore, row: int, rows: np.ndarray, n: int,
+                metric: str) -> tuple[list, np.ndarray]:
+    rows = rows[rows != row]
+    distances = exact_distances(np.asarray(store.vectors[rows]), np.asarray(store.vectors[row]), metric)
+    order = np.argsort(-distances if metric == "dot" else distances, kind="stable")[:n]
+    return [store.items[r]["urn"] for r in rows[order]], distances[order]
+
+
+def period_rows(store: VectorStore, start: int, end: int) -> np.ndarray:
+    years = store.years()
+    return np.flatnonzero((years >= start) & (years <= end))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> AnnoyIndexer:
+    """One built index directory shared by the tests that only read it."""
+    base = tmp_path_factory.mktemp("built")
+    indexer = AnnoyIndexer(make_store(base / "vectors"), base / "indices", verbose=False)
+    indexer.build()
+    return indexer
+
+
+def files_of(directory: Path) -> dict[str, int]:
+    return {path.name: path.stat().st_mtime_ns for path in directory.iterdir() if path.name != ".lock"}
+
+
+# ------------------------------------------------------------------------------------------- building
+
+def test_build_writes_real_annoy_files_and_the_rows_of_their_items(built):
+    manifest = read_manifest(built.index_dir)
+    store = VectorStore(built.vector_dir)
+    assert (manifest["metric"], manifest["model"]) == ("euclidean", "test-model")
+    assert manifest["n_dimensions"] == 16
+    assert manifest["store_count"] == len(store) and manifest["n_trees"] >= 1
+    years = store.years()
+    assert set(manifest["indices"]) == {"all"} | {f"10/{start}" for start in (1940, 1950, 1960)} | {
+        f"1/{year}" for year in range(1948, 1962)}
+    for key, entry in manifest["indices"].items():
+        if key.startswith("1/") and int(key[2:]) in GAP_YEARS:
+            assert entry["count"] == 0 and "annoy" not in entry  # empty period: no index needed
+            continue
+        rows = np.load(built.index_dir / entry["rows"])
+        annoy = AnnoyIndex(manifest["n_dimensions"], "euclidean")
+        annoy.load(str(built.index_dir / entry["annoy"]))
+        assert annoy.get_n_items() == len(rows) == entry["count"] > 0
+        if key == "all":
+            assert rows.tolist() == list(range(len(store)))
+        else:
+            step, start = map(int, key.split("/"))
+            assert rows.tolist() == np.flatnonzero((years >= start) & (years < start + step)).tolist()
+    assert not [path for path in built.index_dir.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_a_second_build_finds_everything_up_to_date(built):
+    before = files_of(built.index_dir)
+    report = built.build()
+    assert report["built"] == 0 and report["up_to_date"] == 1 + 3 + 12 and report["empty"] == 2
+    assert files_of(built.index_dir).keys() == before.keys()
+
+
+def test_the_first_query_builds_a_missing_index_dir(tmp_path):
+    indexer = AnnoyIndexer(make_store(tmp_path / "vectors", n=120), tmp_path / "indices", verbose=False)
+    assert read_manifest(tmp_path / "indices") is None
+    result = indexer.query_all("urn:test:3")
+    assert read_manifest(tmp_path / "indices")["store_count"] == 120
+    assert set(result["steps"]) == {"10", "1"}
+
+
+# ------------------------------------------------------------------------------------------- querying
+
+def test_query_all_returns_the_documented_structure(built):
+    urn = "urn:test:7"
+    result = built.query_all(urn, n_nns=4)
+    assert list(result) == ["urn", "metadata", "steps"]
+    store = VectorStore(built.vector_dir)
+    item = store.items[store.row_of(urn)]
+    assert result["urn"] == urn
+    assert result["metadata"] == {"date": item["date"], "year": item["year"], "path": item["path"],
+                                  "title": item["metadata"]["title"], "paper": "Le Temps"}
+    assert list(result["steps"]) == ["10", "1"]
+    for step, periods in result["steps"].items():
+        step = int(step)
+        starts = [period["start"] for period in periods]
+        assert starts == list(range(starts[0], starts[-1] + 1, step))  # chronological, none skipped
+        assert starts[0] <= 1948 and periods[-1]["end"] >= 1961
+        for period in periods:
+            assert list(period) == ["period", "start", "end", "neighbours"]
+            assert period["end"] == period["start"] + step - 1
+            assert period["period"] == (str(period["start"]) if step == 1
+                                        else f"{period['start']}-{period['end']}")
+            neighbours = period["neighbours"]
+            assert len(neighbours) <= 4
+            distances = [neighbour["distance"] for neighbour in neighbours]
+            assert distances == sorted(distances)
+            for neighbour in neighbours:
+                assert list(neighbour)[:5] == ["urn", "distance", "date", "year", "path"]
+                assert isinstance(neighbour["distance"], float) and isinstance(neighbour["year"], int)
+                assert neighbour["urn"] != urn
+                assert period["start"] <= neighbour["year"] <= period["end"]
+                assert neighbour["title"].startswith("image ") and neighbour["paper"] == "Le Temps"
+    by_label = {period["period"]: period for period in result["steps"]["1"]}
+    for year in GAP_YEARS:
+        assert by_label[str(year)]["neighbours"] == []
+    assert len(by_label["1950"]["neighbours"]) == 4
+    assert json.loads(json.dumps(result)) == result
+
+
+def test_an_item_alone_in_its_period_has_no_neighbours_there(built):
+    store = VectorStore(built.vector_dir)
+    [row] = np.flatnonzero(store.years() == LONELY_YEAR)
+    result = built.query_all(store.items[row]["urn"], n_nns=3)
+    [lonely] = [period for period in result["steps"]["1"] if period["start"] == LONELY_YEAR]
+    assert lonely["neighbours"] == []
+    [decade] = [period for period in result["steps"]["10"] if period["start"] == 1950]
+    assert len(decade["neighbours"]) == 3
+
+
+def test_vectors_flag_adds_the_stored_vectors(built):
+    store = VectorStore(built.vector_dir)
+    result = built.query_all("urn:test:11", n_nns=2, vectors=True)
+    assert result["vector"] == store.vectors[store.row_of("urn:test:11")].tolist()
+    neighbours = [nb for period in result["steps"]["10"] for nb in period["neighbours"]]
+    assert neighbours
+    for neighbour in neighbours:
+        assert neighbour["vector"] == store.vectors[store.row_of(neighbour["urn"])].tolist()
+        assert len(neighbour["vector"]) == 16 and isinstance(neighbour["vector"][0], float)
+    json.dumps(result)
+    assert "vector" not in built.query_all("urn:test:11", n_nns=2)
+
+
+def test_n_nns_single_value_or_one_per_step(built):
+    def counts(result: dict, step: str) -> set[int]:
+        return {len(period["neighbours"]) for period in result["steps"][step] if period["neighbours"]}
+
+    for single in (3, [3], (3,)):
+        result = built.query_all("urn:test:20", n_nns=single)
+        assert counts(result, "10") == {3} and 3 in counts(result, "1")
+    result = built.query_all("urn:test:20", n_nns=[2, 5])
+    assert counts(result, "10") == {2} and max(counts(result, "1")) == 5
+
+
+@pytest.mark.parametrize("n_nns", [[1, 2, 3], [], [0], [5, 0], [2.5], "5", True, -1, None])
+def test_bad_n_nns_is_a_value_error_saying_what_is_allowed(built, n_nns):
+    with pytest.raises(ValueError, match="n_nns must be a positive whole number"):
+        built.query_all("urn:test:1", n_nns=n_nns)
+
+
+def test_query_whole_collection_and_one_step(built):
+    store = VectorStore(built.vector_dir)
+    neighbours = built.query("urn:test:5", n=6)
+    row = store.row_of("urn:test:5")
+    expected, distances = brute_force(store, row, np.arange(len(store)), 6, "euclidean")
+    assert [neighbour["urn"] for neighbour in neighbours] == expected
+    np.testing.assert_allclose([neighbour["distance"] for neighbour in neighbours], distances, rtol=1e-5)
+    periods = built.query("urn:test:5", n=2, step=10)
+    assert periods == built.query_all("urn:test:5", n_nns=2)["steps"]["10"]
+
+
+def test_unknown_urn_is_a_key_error_naming_it(built):
+    with pytest.raises(KeyError, match="urn:nope:42"):
+        built.query_all("urn:nope:42")
+    with pytest.raises(KeyError, match="urn:nope:42"):
+        built.query("urn:nope:42", step=1)
+
+
+def test_a_step_that_was_not_asked_for_is_a_value_error_listing_the_steps(built):
+    with pytest.raises(ValueError, match="step must be one of .*10, 1"):
+        built.query("urn:test:1", step=5)
+    with pytest.raises(ValueError, match="positive whole number"):
+        built.query("urn:test:1", n=0)
+
+
+# ------------------------------------------------------------------------------------------- parameters
+
+def test_parameters_are_validated_with_clear_messages(tmp_path):
+    store = make_store(tmp_path / "vectors", n=50)
+    with pytest.raises(ValueError, match="metric must be one of 'angular', 'euclidean', 'manhattan', 'dot'"):
+        AnnoyIndexer(store, tmp_path / "i", metric="cosine")
+    with pytest.raises(ValueError, match=r"n_dimensions=512 but .* holds 16-d vectors"):
+        AnnoyIndexer(store, tmp_path / "i", n_dimensions=512)
+    assert AnnoyIndexer(store, tmp_path / "i", n_dimensions=16).n_dimensions == 16
+    for steps in ([0], [10, "1"], [1.5], [10, 10], []):
+        with pytest.raises(ValueError, match="step"):
+            AnnoyIndexer(store, tmp_path / "i", step_sizes=steps)
+    for name in ("n_trees", "search_k", "index_dimensions"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive whole number"):
+            AnnoyIndexer(store, tmp_path / "i", **{name: 0})
+    with pytest.raises(ValueError, match="not a vector store"):
+        AnnoyIndexer(tmp_path / "missing", tmp_path / "i")
+
+
+# ------------------------------------------------------------------------------------------- results
+
+SEARCHES = {
+    "exact": {},  # 16-d vectors are indexed as they are, and periods this small are searched exhaustively
+    "annoy": {"brute_force_max_rows": 0, "scan_below": 0},  # Annoy's trees on the vectors themselves
+    "projected scan": {"index_dimensions": 6, "brute_force_max_rows": 0},  # a 6-d PCA, scanned
+    "projected annoy": {"index_dimensions": 6, "brute_force_max_rows": 0, "scan_below": 0},
+}
+
+
+def configured(monkeypatch, vector_dir: Path, index_dir: Path, metric: str, search: str,
+               **overrides) -> AnnoyIndexer:
+    settings = {**SEARCHES[search], **overrides}
+    brute_force_max_rows = settings.pop("brute_force_max_rows", None)
+    scan_below = settings.pop("scan_below", None)
+    if scan_below is not None:
+        monkeypatch.setattr(annoy_indexer, "SCAN_BELOW", scan_below)
+    indexer = AnnoyIndexer(vector_dir, index_dir, metric=metric, verbose=False, **settings)
+    if brute_force_max_rows is not None:
+        indexer.brute_force_max_rows = brute_force_max_rows
+    return indexer
+
+
+@pytest.mark.parametrize("search", list(SEARCHES))
+@pytest.mark.parametrize("metric", METRICS)
+def test_every_metric_ranks_like_brute_force(tmp_path, monkeypatch, metric, search):
+    store_dir = make_store(tmp_path / "vectors", n=300, seed=3)
+    indexer = configured(monkeypatch, store_dir, tmp_path / "indices", metric, search)
+    store = VectorStore(store_dir)
+    hits = total = 0
+    for row in range(0, len(store), 15):
+        urn = store.items[row]["urn"]
+        whole = {"start": 0, "end": 9999, "neighbours": indexer.query(urn, n=5)}
+        for periods in [[whole], *indexer.query_all(urn, n_nns=5)["steps"].values()]:
+            for period in periods:
+                rows = period_rows(store, period["start"], period["end"])
+                expected, distances = brute_force(store, row, rows, 5, metric)
+                found = period["neighbours"]
+                assert len(found) == len(expected)
+                got = [neighbour["distance"] for neighbour in found]
+                assert got == sorted(got, reverse=metric == "dot")
+                for neighbour in found:  # reported distances are the exact ones
+                    exact = exact_distances(store.vectors[[store.row_of(neighbour["urn"])]],
+                                            np.asarray(store.vectors[row]), metric)[0]
+                    assert neighbour["distance"] == pytest.approx(float(exact), rel=1e-4, abs=1e-5)
+                hits += len(set(expected) & {neighbour["urn"] for neighbour in found})
+                total += len(expected)
+    minimum = 1.0 if search == "exact" else 0.95
+    assert hits / total >= minimum, f"recall {hits / total:.3f} for {metric} ({search})"
+
+
+def test_recall_at_10_on_a_clustered_collection_is_at_least_099(tmp_path, monkeypatch):
+    store_dir = make_store(tmp_path / "vectors", n=3000, dim=48, seed=5)
+    store = VectorStore(store_dir)
+    for search in ("projected scan", "projected annoy"):
+        indexer = configured(monkeypatch, store_dir, tmp_path / search, "euclidean", search,
+                             index_dimensions=12)
+        hits = total = 0
+        for row in range(0, len(store), 60):
+            urn = store.items[row]["urn"]
+            result = indexer.query_all(urn, n_nns=10)
+            sections = [*result["steps"]["10"], *result["steps"]["1"],
+                        {"start": 0, "end": 9999, "neighbours": indexer.query(urn, n=10)}]
+            for period in sections:
+                expected, _ = brute_force(store, row, period_rows(store, period["start"], period["end"]), 10,
+                                          "euclidean")
+                hits += len(set(expected) & {neighbour["urn"] for neighbour in period["neighbours"]})
+                total += len(expected)
+        assert hits / total >= 0.99, f"recall@10 {hits / total:.4f} ({search})"
+
+
+# ------------------------------------------------------------------------------------------- maintenance
+
+def test_appended_rows_rebuild_only_the_indices_they_change(tmp_path):
+    store_dir = make_store(tmp_path / "vectors")
+    indexer = AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False)
+    indexer.build()
+    before = read_manifest(tmp_path / "indices")["indices"]
+    store = VectorStore(store_dir)
+    twin = store.vectors[store.row_of("urn:test:0")] + np.float32(1e-3)
+    vectors, items = synthetic(3, 16, seed=9, first_year=1956, last_year=1956, start=1000)
+    vectors[0] = twin
+    items[2].update(year=1964, date="1964")  # a new year: the timeline grows to 1964
+    with VectorStoreWriter(store_dir, "test-model", 16) as writer:
+        writer.append(vectors, items)
+
+    fresh = AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False)
+    report = fresh.build()
+    after = read_manifest(tmp_path / "indices")["indices"]
+    changed = {key for key in after if before.get(key, {}).get("fingerprint") != after[key]["fingerprint"]}
+    assert changed == {"all", "10/1950", "1/1956", "10/1960", "1/1962", "1/1963", "1/1964"}
+    assert (report["built"], report["empty"]) == (5, 4)  # 1952, 1953 and the new 1962, 1963 are empty
+    for key in set(before) - changed:
+        assert after[key] == before[key]
+        assert (tmp_path / "indices" / after[key].get("annoy", "index.json")).exists()
+
+    neighbours = fresh.query("urn:test:0", n=1)
+    assert neighbours[0]["urn"] == "urn:test:1000"
+    assert fresh.query_all("urn:test:1002")["steps"]["1"][-1]["period"] == "1964"
+
+
+def test_a_stale_index_dir_is_rebuilt_by_the_first_query_and_a_current_one_is_not(tmp_path, monkeypatch):
+    store_dir = make_store(tmp_path / "vectors")
+    AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).build()
+
+    def no_build(self, force=False):
+        raise AssertionError("an up-to-date index dir must not be rebuilt")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(AnnoyIndexer, "build", no_build)
+        assert AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).query("urn:test:1", n=2)
+    vectors, items = synthetic(1, 16, seed=4, start=5000)
+    with VectorStoreWriter(store_dir, "test-model", 16) as writer:
+        writer.append(vectors, items)
+    indexer = AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False)
+    assert indexer.query_all("urn:test:5000")["urn"] == "urn:test:5000"
+    assert read_manifest(tmp_path / "indices")["store_count"] == 401
+
+
+def test_an_interrupted_build_resumes_keeping_what_was_finished(tmp_path, monkeypatch):
+    store_dir = make_store(tmp_path / "vectors")
+    indexer = AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False)
+    write_index = AnnoyIndexer._write_index
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(args[0])
+        return write_index(self, *args, **kwargs)
+
+    monkeypatch.setattr(AnnoyIndexer, "_write_index", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        indexer.build()
+    monkeypatch.setattr(AnnoyIndexer, "_write_index", write_index)
+    recorded = read_manifest(tmp_path / "indices")["indices"]
+    assert set(calls) <= set(recorded)
+    kept = {key: recorded[key] for key in calls}
+    report = indexer.build()
+    assert report["built"] == 16 - len(calls)
+    manifest = read_manifest(tmp_path / "indices")
+    assert {key: manifest["indices"][key] for key in calls} == kept
+    assert indexer.query_all("urn:test:3")["steps"]["10"]
+
+
+def test_deleted_index_files_are_rebuilt_alone(tmp_path):
+    store_dir = make_store(tmp_path / "vectors")
+    indexer = AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False)
+    indexer.build()
+    manifest = read_manifest(tmp_path / "indices")
+    (tmp_path / "indices" / manifest["indices"]["1/1950"]["annoy"]).unlink()
+    del manifest["indices"]["1/1955"]
+    (tmp_path / "indices" / "index.json").write_text(json.dumps(manifest))
+    before = files_of(tmp_path / "indices")
+    report = indexer.build()
+    assert report["built"] == 2
+    after = files_of(tmp_path / "indices")
+    untouched = [name for name in before if not name.startswith(("step1_1950.", "step1_1955.", "index.json"))]
+    assert all(after[name] == before[name] for name in untouched)
+    assert indexer.query_all("urn:test:3", n_nns=1)
+
+
+def test_another_metric_on_the_same_index_dir_is_refused_and_nothing_is_deleted(tmp_path):
+    store_dir = make_store(tmp_path / "vectors")
+    AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).build()
+    before = files_of(tmp_path / "indices")
+    angular = AnnoyIndexer(store_dir, tmp_path / "indices", metric="angular", verbose=False)
+    with pytest.raises(ValueError, match="metric='euclidean', not metric='angular'"):
+        angular.build()
+    with pytest.raises(ValueError, match="metric='euclidean'"):
+        angular.query_all("urn:test:1")
+    with pytest.raises(ValueError, match="n_trees=5"):
+        AnnoyIndexer(store_dir, tmp_path / "indices", n_trees=5, verbose=False).build()
+    assert files_of(tmp_path / "indices") == before
+    angular.build(force=True)
+    assert read_manifest(tmp_path / "indices")["metric"] == "angular"
+    assert angular.query_all("urn:test:1")["steps"]["10"]
+    assert not set(before) - {"index.json"} & set(files_of(tmp_path / "indices"))  # replaced, not left over
+
+
+def test_another_model_in_the_store_is_refused(tmp_path):
+    store_dir = make_store(tmp_path / "vectors")
+    AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).build()
+    other = make_store(tmp_path / "other", n=50)
+    manifest = json.loads((other / "store.json").read_text())
+    (other / "store.json").write_text(json.dumps(dict(manifest, model="another-model")))
+    with pytest.raises(ValueError, match="model='test-model', not model='another-model'"):
+        AnnoyIndexer(other, tmp_path / "indices", verbose=False).build()
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+def cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "annoy_indexer.py"), *map(str, arguments)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+
+
+def test_cli_builds_and_queries(tmp_path):
+    store_dir = make_store(tmp_path / "vectors", n=150)
+    built = cli("build", store_dir, tmp_path / "indices", "--steps", "10", "1", "--trees", "5", "--quiet")
+    assert built.returncode == 0, built.stderr
+    assert "indices built" in built.stdout
+    assert read_manifest(tmp_path / "indices")["n_trees"] == 5
+    queried = cli("query", store_dir, tmp_path / "indices", "urn:test:2", "--nns", "3")
+    assert queried.returncode == 0, queried.stderr
+    result = json.loads(queried.stdout)
+    assert result["urn"] == "urn:test:2" and set(result["steps"]) == {"10", "1"}
+    one_step = json.loads(cli("query", store_dir, tmp_path / "indices", "urn:test:2", "--step", "10",
+                              "--vectors").stdout)
+    assert set(one_step["steps"]) == {"10"} and len(one_step["vector"]) == 16
+    assert cli("--help").returncode == 0
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    store_dir = make_store(tmp_path / "vectors", n=60)
+    assert cli("build", store_dir, tmp_path / "indices", "--quiet").returncode == 0
+    for arguments in [("build", tmp_path / "missing", tmp_path / "indices"),
+                      ("query", store_dir, tmp_path / "indices", "urn:nope:1"),
+                      ("build", store_dir, tmp_path / "indices", "--metric", "cosine"),
+                      ("build", store_dir, tmp_path / "indices", "--metric", "angular"),
+                      ("query", store_dir, tmp_path / "indices", "urn:test:1", "--step", "7"),
+                      ("query", store_dir, tmp_path / "indices", "urn:test:1", "--nns", "0"),
+                      ("query", store_dir, tmp_path / "indices", "urn:test:1", "--nns", "x"),
+                      ("build", store_dir, tmp_path / "indices", "--steps", "0")]:
+        done = cli(*arguments)
+        assert done.returncode == 2, (arguments, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, (arguments, done.stderr)
+        assert "Traceback" not in done.stderr and done.stderr.startswith("annoy_indexer.py")
+        assert "error: " in done.stderr
+    assert "urn:nope:1" in cli("query", store_dir, tmp_path / "indices", "urn:nope:1").stderr
+
+
+def test_threads_can_share_an_indexer_from_its_first_query(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    indexer = AnnoyIndexer(make_store(tmp_path / "vectors", n=200), tmp_path / "indices", verbose=False)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: indexer.query_all(f"urn:test:{i % 3}", n_nns=2), range(12)))
+    assert all(result == results[i % 3] for i, result in enumerate(results))
+    assert read_manifest(tmp_path / "indices")["store_count"] == 200
