@@ -1,12 +1,13 @@
 # Two entry points for a fresh machine (Python 3.10+, npm for the demo collection):
-#   make demo   install, fetch the emoji collection, extract -> thumbnails -> indices -> query
-#   make test   install the test dependencies and run the tests
+#   make demo   install, fetch the emoji collection, extract -> thumbnails -> indices -> web app
+#   make test   install the test dependencies and run the tests (the browser tests need chromium)
+#   make serve  the web app over the demo collection, once `make demo` has built it
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO = data/demo
 
-.PHONY: install install-dev demo test lint clean-demo
+.PHONY: install install-dev system-deps demo serve test clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +22,25 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# npm fetches the demo collection; Debian's chromium runs the browser tests (never a downloaded one).
+system-deps:
+	@missing=""; command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	  else echo "note: please install$$missing (sudo apt-get install$$missing)"; fi; fi
+
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-demo: install
+demo: install system-deps
 	bash demo/run_demo.sh $(DEMO)
 
-test: install-dev
+serve: install
+	$(BIN)/python app.py --vector-dir $(DEMO)/vectors --index-dir $(DEMO)/indices-eucl \
+		--thumbnails $(DEMO)/thumbnails
+
+test: install-dev system-deps
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q tests
 

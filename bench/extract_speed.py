@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default=DEFAULT_BACKBONE)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="alternating raw/pipeline rounds; medians are reported")
     parser.add_argument("--jpeg-size", default=None, metavar="WxH",
                         help="re-encode the images as large JPEGs of this size first")
     args = parser.parse_args()
@@ -103,26 +105,31 @@ def main() -> None:
         batches = [np.stack(pixels[i:i + args.batch_size])
                    for i in range(0, len(pixels) - args.batch_size + 1, args.batch_size)]
         embedder(batches[0])  # warm-up: graph tracing and memory pools
-        batch_seconds = []
-        for batch in batches:
+        raw_rates, pipeline_rates = [], []
+        for repeat in range(args.repeats):  # alternate, so a busy moment hits both sides alike
+            batch_seconds = []
+            for batch in batches:
+                started = time.perf_counter()
+                embedder(batch)
+                batch_seconds.append(time.perf_counter() - started)
+            raw_rates.append(args.batch_size * len(batches) / sum(batch_seconds))
             started = time.perf_counter()
-            embedder(batch)
-            batch_seconds.append(time.perf_counter() - started)
-        raw_rate = args.batch_size / statistics.median(batch_seconds)
+            report = extract_vectors(subset, work / f"vectors-{repeat}", model=args.model,
+                                     embedder=embedder, batch_size=args.batch_size,
+                                     workers=args.workers, progress=False)
+            pipeline_rates.append(report.stored / (time.perf_counter() - started))
 
-        started = time.perf_counter()
-        report = extract_vectors(subset, work / "vectors", model=args.model, embedder=embedder,
-                                 batch_size=args.batch_size, workers=args.workers, progress=False)
-        pipeline_seconds = time.perf_counter() - started
-
-    pipeline_rate = report.stored / pipeline_seconds
+    raw_rate, pipeline_rate = statistics.median(raw_rates), statistics.median(pipeline_rates)
+    ratios = [p / r for p, r in zip(pipeline_rates, raw_rates, strict=True)]
     print(f"model {args.model}, batch {args.batch_size}, {len(pixels)} images"
           f"{' as ' + args.jpeg_size + ' JPEG' if args.jpeg_size else ''}, model load {load_seconds:.1f} s")
     print(f"{'stage':<14}{'images/s':>10}")
-    print(f"{'raw model':<14}{raw_rate:>10.1f}   (median of {len(batch_seconds)} batches)")
+    print(f"{'raw model':<14}{raw_rate:>10.1f}   (all batches in memory, median of {args.repeats} repeats)")
     print(f"{'decode only':<14}{len(records) / decode_seconds:>10.1f}   ({workers} threads)")
-    print(f"{'pipeline':<14}{pipeline_rate:>10.1f}   (extract_vectors, {report.stored} stored)")
-    print(f"ratio pipeline / raw model: {pipeline_rate / raw_rate:.2f}")
+    print(f"{'pipeline':<14}{pipeline_rate:>10.1f}   (extract_vectors, {report.stored} stored, "
+          f"median of {args.repeats})")
+    print(f"ratio pipeline / raw model: {pipeline_rate / raw_rate:.2f} (per repeat: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)})")
 
 
 if __name__ == "__main__":

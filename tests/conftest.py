@@ -69,3 +69,12 @@ def inception_2015():
     from siamese.backbones import get_backbone
 
     return get_backbone("inception-v3-2015").load()
+
+
+@pytest.fixture(scope="session")
+def app_collection(tmp_path_factory, emoji_pairs, emoji_metadata: Path, inception_2015):
+    """The web app's small real collection (49 emoji, thumbnails, indices), made once; app_support.py."""
+    from app_support import build_collection
+
+    return build_collection(tmp_path_factory.mktemp("app-collection"), emoji_pairs, emoji_metadata,
+                            inception_2015)

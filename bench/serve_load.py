@@ -1,0 +1,209 @@
+"""How many searches a second does the web app answer, and how fast, with many people at once?
+
+    python bench/serve_load.py [--data data/demo] [--clients 16] [--requests 3000] [--duration 60]
+                               [--nns 10] [--step S ...] [--threads 8] [--url http://127.0.0.1:PORT/]
+
+Starts `app.py` (waitress, --threads request threads) on a free port of 127.0.0.1 over the collection
+in --data (vectors/, indices-eucl/, thumbnails/), unless --url names a server already running; only
+127.0.0.1 / localhost are accepted. Then --clients threads, each with its own keep-alive connection,
+ask GET /api/neighbours?urn=U&nns=N[&step=S] for urns drawn at random from the collection, until
+--requests have been answered or --duration seconds have passed, whichever comes first (one run per
+--step; "all" is the whole collection). Prints a Markdown table: requests/s, latency percentiles and
+the count of errors (any status but 200, or a broken connection).
+
+The clients run in this process and the server in another, on the same machine: on 2 cores they
+compete for the CPU, so the figures are a lower bound of what a server with its own machine does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlencode, urlsplit
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from siamese.vector_store import VectorStore  # noqa: E402
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(data: Path, threads: int, log: IO[str]) -> tuple[subprocess.Popen, str]:
+    """app.py on a free local port, its output to `log` (a file: a pipe nobody reads would fill up and
+    block the server); returns the process and its base URL once it answers."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / "app.py"), "--vector-dir", str(data / "vectors"),
+               "--index-dir", str(data / "indices-eucl"), "--thumbnails", str(data / "thumbnails"),
+               "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)]
+    process = subprocess.Popen(command, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            raise SystemExit(f"app.py exited with status {process.returncode}: {log.read()[-2000:]}")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            connection.request("GET", "/api/collection")
+            if connection.getresponse().status == 200:
+                return process, url
+        except OSError:
+            time.sleep(0.3)
+    process.kill()
+    raise SystemExit("app.py did not answer within 180 s")
+
+
+class Load:
+    """Shared by the client threads: how many requests may still start, and what each one measured."""
+
+    def __init__(self, requests: int, duration: float) -> None:
+        self.left = requests
+        self.deadline = time.monotonic() + duration
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+
+    def take(self) -> bool:
+        with self.lock:
+            if self.left <= 0 or time.monotonic() >= self.deadline:
+                return False
+            self.left -= 1
+            return True
+
+
+def client(url: str, urns: list[str], nns: int, step: int | None, load: Load, seed: int) -> None:
+    parts = urlsplit(url)
+    rng = random.Random(seed)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    base = parts.path.rstrip("/") + "/api/neighbours?"
+    while load.take():
+        query = {"urn": rng.choice(urns), "nns": nns}
+        if step is not None:
+            query["step"] = step
+        started = time.perf_counter()
+        try:
+            connection.request("GET", base + urlencode(query))
+            response = connection.getresponse()
+            body = response.read()
+            elapsed = time.perf_counter() - started
+            ok = response.status == 200 and body.startswith(b'{"urn"')
+            with load.lock:
+                load.latencies.append(elapsed)
+                if not ok:
+                    load.errors.append(f"{response.status}: {body[:200]!r}")
+        except (OSError, http.client.HTTPException) as error:
+            with load.lock:
+                load.errors.append(f"{type(error).__name__}: {error}")
+            connection.close()
+            connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection.close()
+
+
+def run(url: str, urns: list[str], clients: int, requests: int, duration: float, nns: int,
+        step: int | None) -> dict:
+    def clients_on(load: Load, seed: int) -> float:
+        threads = [threading.Thread(target=client, args=(url, urns, nns, step, load, seed + i))
+                   for i in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started
+
+    clients_on(Load(2 * clients, 30), 1000)  # connections opened, index pages touched: not counted
+    load = Load(requests, duration)
+    seconds = clients_on(load, 0)
+    latencies = np.array(load.latencies) * 1000
+    return {"step": "all" if step is None else str(step), "nns": nns, "clients": clients,
+            "requests": len(latencies), "errors": len(load.errors), "seconds": seconds,
+            "per_second": len(latencies) / seconds,
+            "p50": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
+            "p90": float(np.percentile(latencies, 90)) if len(latencies) else float("nan"),
+            "p99": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
+            "max": float(latencies.max()) if len(latencies) else float("nan"),
+            "first_errors": load.errors[:3]}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| step | nns | clients | requests | errors | seconds | requests/s | p50 ms | p90 ms | p99 ms "
+             "| max ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        lines.append(f"| {row['step']} | {row['nns']} | {row['clients']} | {row['requests']} "
+                     f"| {row['errors']} | {row['seconds']:.1f} | {row['per_second']:.0f} "
+                     f"| {row['p50']:.1f} | {row['p90']:.1f} | {row['p99']:.1f} | {row['max']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="serve_load.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo",
+                        help="collection folder with vectors/, indices-eucl/, thumbnails/ "
+                             "(default: data/demo)")
+    parser.add_argument("--url", help="a running server on this machine (default: start app.py)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
+    parser.add_argument("--requests", type=int, default=3000,
+                        help="requests per run, at most (default: 3000)")
+    parser.add_argument("--duration", type=float, default=60, help="seconds per run, at most (default: 60)")
+    parser.add_argument("--nns", type=int, default=10, help="neighbours asked for (default: 10)")
+    parser.add_argument("--step", nargs="+", default=["all"], metavar="S",
+                        help="'all' (whole collection) and/or step sizes; one run each (default: all)")
+    parser.add_argument("--threads", type=int, default=8, help="waitress threads of the server started")
+    parser.add_argument("--json", action="store_true", help="also print the results as JSON")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.requests < 1 or not 0 < args.duration <= 600:
+        parser.error("--clients and --requests must be at least 1, --duration from 0 to 600 seconds")
+    try:
+        steps = [None if step == "all" else int(step) for step in args.step]
+    except ValueError:
+        parser.error("--step takes 'all' or whole numbers")
+    if args.url and urlsplit(args.url).hostname not in LOCAL_HOSTS:
+        parser.error("--url must be a server on this machine (127.0.0.1 or localhost)")
+    urns = VectorStore(args.data / "vectors").urns
+    process = None
+    url = args.url
+    rows = []
+    with tempfile.TemporaryFile("w+") as log:
+        if url is None:
+            process, url = start_server(args.data, args.threads, log)
+        try:
+            for step in steps:
+                row = run(url, urns, args.clients, args.requests, args.duration, args.nns, step)
+                rows.append(row)
+                if row["first_errors"]:
+                    print(f"errors with step {row['step']}: {row['first_errors']}", file=sys.stderr)
+        finally:
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+    print(f"{len(urns)} images, {os.cpu_count()} CPU cores, server threads: "
+          f"{args.threads if process else 'as running'}")
+    print(table(rows))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    return 1 if any(row["errors"] for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Take docs/screenshot.png: the search page of a running server, in Debian's headless Chromium.
+
+    python demo/screenshot.py [--url http://127.0.0.1:8080/] [--urn emoji:google:1f600] [--step 1]
+                              [--out docs/screenshot.png] [--width 1440] [--height 1200]
+
+Start the server first (python app.py --vector-dir data/demo/vectors --index-dir data/demo/indices-eucl
+--thumbnails data/demo/thumbnails).
+Uses the system's Chromium (apt-get install chromium), never a browser downloaded by Playwright.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from urllib.parse import urlencode
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="screenshot.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080/", help="the server's page")
+    parser.add_argument("--urn", default="emoji:google:1f600", help="the image to search from")
+    parser.add_argument("--step", type=int, default=1, help="the timeline's period length")
+    parser.add_argument("--out", default="docs/screenshot.png", help="the PNG to write")
+    parser.add_argument("--width", type=int, default=1440)
+    parser.add_argument("--height", type=int, default=1200)
+    args = parser.parse_args(argv)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": args.width, "height": args.height})
+        page.goto(args.url + "?" + urlencode({"urn": args.urn, "step": args.step}))
+        page.wait_for_selector("#timeline .period")
+        page.wait_for_load_state("networkidle")
+        page.wait_for_function("[...document.images].every((image) => image.complete)")
+        page.screenshot(path=args.out)
+        browser.close()
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+// Siamese search page: asks the JSON API and draws the query, its neighbours, a chart of similarity
+// over time and the timeline. Plain JavaScript, no libraries. The page's state is in its URL
+// (?urn=...&step=...&nns=...): a search can be bookmarked or shared, and the browser's back and
+// forward buttons walk through searches.
+"use strict";
+
+(function () {
+  const collection = JSON.parse(document.getElementById("collection").textContent);
+  const steps = collection.steps;  // largest first, as the server lists them
+  const DEFAULT_STEP = steps[steps.length - 1];  // the finest: a row per year shows the most
+  const DEFAULT_NNS = 10;
+  const LARGER_IS_CLOSER = collection.metric === "dot";  // Annoy's "dot" distance is a similarity
+  const SVG = "http://www.w3.org/2000/svg";
+
+  const $ = (id) => document.getElementById(id);
+  let requestNumber = 0;  // answers to superseded requests are dropped
+  let wholeCache = null;  // the whole-collection answer for the current urn and nns (a step switch keeps it)
+  let current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
+
+  // ------------------------------------------------------------------------------ helpers
+
+  function element(tag, properties, children) {
+    const node = document.createElement(tag);
+    Object.assign(node, properties || {});
+    for (const child of children || []) node.append(child);
+    return node;
+  }
+
+  function svg(tag, attributes, children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
+    for (const child of children || []) node.append(child);
+    return node;
+  }
+
+  function pageUrl(state) {
+    return "?" + new URLSearchParams({ urn: state.urn, step: String(state.step), nns: String(state.nns) });
+  }
+
+  function title(item) {
+    return item.title || item.name || item.caption || item.label || item.urn;
+  }
+
+  function formatDistance(distance) {
+    const size = Math.abs(distance);
+    return distance.toFixed(size >= 100 ? 0 : size >= 10 ? 1 : 2);
+  }
+
+  function periodName(length) {
+    return length === 1 ? "year" : length === 10 ? "decade" : length === 100 ? "century" : "period";
+  }
+
+  class ApiError extends Error {}
+
+  async function getJson(path, parameters) {
+    const url = path + "?" + new URLSearchParams(parameters).toString();
+    let response;
+    try {
+      response = await fetch(url, { headers: { Accept: "application/json" } });
+    } catch (error) {
+      throw new ApiError("The server cannot be reached (" + error.message + ").");
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (error) {
+      body = null;
+    }
+    if (!response.ok || body === null) {
+      throw new ApiError((body && body.error) || "The server answered " + response.status + ".");
+    }
+    return body;
+  }
+
+  function showMessage(text) {
+    $("message").textContent = text;
+    $("message").hidden = false;
+  }
+
+  function hideMessage() {
+    $("message").hidden = true;
+  }
+
+  // ------------------------------------------------------------------------------ drawing
+
+  function image(item, lazy) {
+    const placeholder = () => element("span", { className: "placeholder", textContent: "no thumbnail" });
+    if (!item.thumbnail) return placeholder();
+    const node = element("img", { src: item.thumbnail, alt: title(item), decoding: "async" });
+    if (lazy) node.loading = "lazy";
+    node.addEventListener("error", () => node.replaceWith(placeholder()));
+    return node;
+  }
+
+  function thumbnail(item) {
+    const link = element("a", {
+      className: "thumb",
+      href: pageUrl({ urn: item.urn, step: current.step, nns: current.nns }),
+      title: [title(item), item.urn, item.date,
+              item.distance === undefined ? null : "distance " + formatDistance(item.distance)]
+        .filter((part) => part !== null && part !== undefined && part !== "").join("\n"),
+    });
+    link.dataset.urn = item.urn;
+    const caption = element("span", { className: "caption" }, [
+      element("span", { className: "year", textContent: String(item.year) }),
+    ]);
+    if (item.distance !== undefined) {
+      caption.append(element("span", { className: "distance", textContent: formatDistance(item.distance) }));
+    }
+    link.append(image(item, true), caption);
+    link.addEventListener("click", (event) => {
+      if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) {
+        return;  // a new tab or window: let the browser follow the link
+      }
+      event.preventDefault();
+      search({ urn: item.urn, step: current.step, nns: current.nns }, "push");
+      window.scrollTo({ top: 0 });
+    });
+    return link;
+  }
+
+  function drawQuery(answer) {
+    const metadata = answer.metadata;
+    const item = Object.assign({}, metadata, { urn: answer.urn, thumbnail: answer.thumbnail });
+    $("query").replaceChildren(image(item, false));
+    $("query-title").textContent = title(item);
+    const rows = [];
+    const fields = [["urn", answer.urn], ["date", metadata.date]];
+    for (const [name, value] of Object.entries(metadata)) {
+      if (name !== "date" && name !== "year" && value !== "" && value !== null) fields.push([name, value]);
+    }
+    for (const [name, value] of fields) {
+      const text = String(value);
+      const cell = /^https?:\/\/\S+$/i.test(text)  // a link to the source, where the metadata has one
+        ? element("a", { href: text, textContent: text, target: "_blank", rel: "noopener noreferrer" })
+        : text;
+      rows.push(element("dt", { textContent: name.replace(/_/g, " ") }), element("dd", {}, [cell]));
+    }
+    $("query-metadata").replaceChildren(...rows);
+    $("urn").value = answer.urn;
+    document.title = title(item) + " — Siamese";
+  }
+
+  function drawNeighbours(neighbours) {
+    $("neighbours").replaceChildren(...(neighbours.length
+      ? neighbours.map((item) => thumbnail(item))
+      : [element("p", { className: "none", textContent: "no other images" })]));
+  }
+
+  function drawControls(state) {
+    $("steps").replaceChildren(...steps.map((size) => {
+      const button = element("button", { type: "button", textContent: "per " + (size === 1 || size === 10 || size === 100 ? periodName(size) : size + " years") });
+      button.dataset.step = String(size);
+      button.setAttribute("aria-pressed", String(size === state.step));
+      button.addEventListener("click", () => {
+        if (size !== current.step) search({ urn: current.urn, step: size, nns: current.nns }, "push");
+      });
+      return button;
+    }));
+    const choices = [5, 10, 20, 50, 100].filter((n) => n <= collection.max_nns);
+    if (!choices.includes(state.nns)) choices.push(state.nns);
+    $("nns").replaceChildren(...choices.sort((a, b) => a - b).map((n) =>
+      element("option", { value: String(n), textContent: String(n), selected: n === state.nns })));
+  }
+
+  // The distance of the closest neighbour in each period, as bars: taller is more alike.
+  let lastChart = null;
+
+  function drawChart(periods, queryYear) {
+    lastChart = [periods, queryYear];
+    const found = periods.filter((period) => period.neighbours.length).map((period) => period.neighbours[0].distance);
+    $("chart-section").hidden = found.length === 0;
+    if (found.length === 0) return;
+    // Drawn at the size it is shown (not stretched), so that its text keeps its shape on any screen.
+    const width = Math.max($("chart").clientWidth, 240), height = 150, top = 22, bottom = 24;
+    const slot = width / Math.max(periods.length, 1);
+    const barWidth = Math.min(slot * 0.72, 56);
+    const best = LARGER_IS_CLOSER ? Math.max(...found) : Math.min(...found);
+    const worst = LARGER_IS_CLOSER ? Math.min(...found) : Math.max(...found);
+    const floor = worst + (worst - best) * 0.25 || worst * 1.1 || 1;  // the worst bar keeps some height
+    const labelEvery = Math.max(1, Math.ceil(40 / slot));  // period labels at least 40 px apart
+    const showValues = slot >= 34;
+    const bars = periods.map((period, index) => {
+      const x = index * slot + (slot - barWidth) / 2;
+      const own = period.start <= queryYear && queryYear <= period.end;
+      const label = index % labelEvery === 0
+        ? [svg("text", { x: x + barWidth / 2, y: height - 6, class: "axis" }, [period.start === period.end ? String(period.start) : period.start + "s"])]
+        : [];
+      if (!period.neighbours.length) {
+        return svg("g", { class: "empty" }, [
+          svg("title", {}, [period.period + ": no images"]),
+          svg("rect", { x: x, y: height - bottom - 2, width: barWidth, height: 2 }),
+          ...label]);
+      }
+      const distance = period.neighbours[0].distance;
+      const closeness = Math.abs(floor - distance) / Math.abs(floor - best || 1);
+      const barHeight = Math.max(3, closeness * (height - top - bottom));
+      const link = svg("a", { href: "#period-" + period.period, class: own ? "bar own" : "bar" }, [
+        svg("title", {}, [period.period + ": closest distance " + formatDistance(distance)]),
+        svg("rect", { x: x, y: height - bottom - barHeight, width: barWidth, height: barHeight, rx: 2 }),
+      ]);
+      if (showValues) {
+        link.append(svg("text", { x: x + barWidth / 2, y: height - bottom - barHeight - 5, class: "value" },
+                        [formatDistance(distance)]));
+      }
+      link.addEventListener("click", (event) => {
+        event.preventDefault();  // scroll to the row without a history entry of its own
+        const row = document.getElementById("period-" + period.period);
+        row.scrollIntoView({ behavior: "smooth", block: "center" });
+        row.focus({ preventScroll: true });
+      });
+      return svg("g", {}, [link, ...label]);
+    });
+    $("chart").replaceChildren(svg("svg", {
+      viewBox: `0 0 ${width} ${height}`, width: width, height: height, role: "img",
+      "aria-label": "Distance of the closest neighbour in each period; taller bars are more alike",
+    }, [svg("line", { x1: 0, x2: width, y1: height - bottom, y2: height - bottom, class: "baseline" }), ...bars]));
+  }
+
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => { if (lastChart && !$("results").hidden) drawChart(...lastChart); }, 150);
+  });
+
+  function drawTimeline(periods, queryYear) {
+    $("timeline").replaceChildren(...periods.map((period) => {
+      const empty = period.neighbours.length === 0;
+      const own = period.start <= queryYear && queryYear <= period.end;
+      const row = element("div", {
+        id: "period-" + period.period,
+        tabIndex: -1,
+        className: "period" + (empty ? " empty" : "") + (period.start === period.end ? " single" : "")
+          + (own ? " own" : ""),
+      });
+      row.dataset.period = period.period;
+      const label = element("div", { className: "period-label", textContent: period.period.replace("-", "–") });
+      if (own) {
+        label.append(element("small", {
+          className: "own-tag", textContent: "the query's " + periodName(period.end - period.start + 1),
+        }));
+      }
+      if (!empty) {
+        label.append(element("small", { textContent: "closest " + formatDistance(period.neighbours[0].distance) }));
+      }
+      const strip = element("div", { className: "strip" },
+        empty ? [element("span", { className: "none", textContent: "no images from this period" })]
+              : period.neighbours.map((item) => thumbnail(item)));
+      row.append(label, strip);
+      return row;
+    }));
+  }
+
+  // ------------------------------------------------------------------------------ searching
+
+  function remember(state, how) {
+    const url = pageUrl(state);
+    if (how === "push") history.pushState(state, "", url);
+    else if (how === "replace") history.replaceState(state, "", url);
+  }
+
+  // Show a search (urn, step, nns); how: "push" (a new history entry), "replace" or "none".
+  async function search(state, how) {
+    const mine = ++requestNumber;
+    document.body.classList.add("busy");
+    try {
+      const parameters = { urn: state.urn, nns: String(state.nns) };
+      const needWhole = wholeCache === null || wholeCache.urn !== state.urn || wholeCache.nns !== state.nns;
+      const [whole, timeline] = await Promise.all([
+        needWhole ? getJson("api/neighbours", parameters) : Promise.resolve(wholeCache),
+        getJson("api/neighbours", Object.assign({ step: String(state.step) }, parameters)),
+      ]);
+      if (mine !== requestNumber) return;
+      wholeCache = whole;
+      current = { urn: whole.urn, step: timeline.step, nns: whole.nns };
+      const periods = timeline.steps[String(timeline.step)];
+      hideMessage();
+      $("start").hidden = true;
+      $("results").hidden = false;
+      drawQuery(whole);
+      drawNeighbours(whole.steps.all[0].neighbours);
+      drawControls(current);
+      drawTimeline(periods, whole.metadata.year);
+      drawChart(periods, whole.metadata.year);
+      remember(current, how);
+    } catch (error) {
+      if (mine !== requestNumber) return;
+      showMessage(error instanceof ApiError ? error.message : "Something went wrong: " + error);
+      $("urn").value = state.urn;
+      if (current.urn === null) await showStart();
+    } finally {
+      if (mine === requestNumber) document.body.classList.remove("busy");
+    }
+  }
+
+  async function showStart() {
+    $("results").hidden = true;
+    $("start").hidden = false;
+    try {
+      const answer = await getJson("api/random", { n: "24" });
+      $("random-images").replaceChildren(...answer.images.map((item) => thumbnail(item)));
+    } catch (error) {
+      showMessage(error.message);
+    }
+  }
+
+  function fromLocation(how) {
+    const parameters = new URLSearchParams(window.location.search);
+    const urn = parameters.get("urn");
+    const step = parameters.get("step") || String(DEFAULT_STEP);
+    const nns = parameters.get("nns") || String(DEFAULT_NNS);
+    if (urn) {
+      search({ urn: urn, step: step, nns: nns }, how);  // the API checks step and nns and says what is wrong
+    } else {
+      current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
+      wholeCache = null;
+      hideMessage();
+      $("urn").value = "";
+      document.title = "Siamese — visual similarity search";
+      showStart();
+    }
+  }
+
+  $("search").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const urn = $("urn").value.trim();
+    if (urn) search({ urn: urn, step: current.step, nns: current.nns }, "push");
+  });
+
+  $("nns").addEventListener("change", () => {
+    if (current.urn !== null) search({ urn: current.urn, step: current.step, nns: Number($("nns").value) }, "push");
+  });
+
+  $("random").addEventListener("click", async () => {
+    try {
+      const answer = await getJson("api/random", { n: "1" });
+      if (answer.images.length) search({ urn: answer.images[0].urn, step: current.step, nns: current.nns }, "push");
+      else showMessage("The collection is empty.");
+    } catch (error) {
+      showMessage(error.message);
+    }
+  });
+
+  window.addEventListener("popstate", () => fromLocation("none"));
+  fromLocation("replace");
+})();

@@ -1,0 +1,86 @@
+"""A small real collection for the web app's tests, and helpers to call the app.
+
+49 real emoji images (24 Google/Twitter pairs and one more under a urn full of characters that URLs,
+file names and HTML treat specially), their vectors from the real Inception v3, real thumbnails and
+real Annoy indices for steps 10 and 1. One thumbnail is removed on purpose, as when an image was
+rejected by make_thumbnails.py.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from wsgiref.util import setup_testing_defaults
+
+from annoy_indexer import AnnoyIndexer
+from conftest import write_csv
+from extract_vectors import extract_vectors
+from make_thumbnails import make_thumbnails, thumbnail_filename
+
+# Spaces, a slash, URL delimiters, a percent sign, HTML's < and &, non-ASCII letters and an emoji.
+ODD_URN = "odd urn/ä ß?#&=+%20<b>&amp;🦆"
+ODD_YEAR = "2012"  # a year no emoji of the sample has: a period of its own
+
+
+@dataclass(frozen=True)
+class AppCollection:
+    vector_dir: Path
+    index_dir: Path
+    thumbnail_dir: Path
+    urns: list[str]  # every urn of the collection, in CSV order
+    pairs: list[tuple[str, str]]  # (google urn, twitter urn) of the same emoji
+    odd_urn: str
+    no_thumbnail_urn: str  # in the collection, but its thumbnail is missing
+
+
+def build_collection(directory: Path, emoji_pairs: list[tuple[dict, dict]], emoji_metadata: Path,
+                     embedder) -> AppCollection:
+    rows = [dict(row, path=str(emoji_metadata.parent / row["path"])) for pair in emoji_pairs for row in pair]
+    rows.append(dict(rows[0], urn=ODD_URN, date=ODD_YEAR, name="Odd <urn> & co"))
+    csv_path = write_csv(directory / "metadata.csv", rows)
+    vector_dir, index_dir, thumbnail_dir = directory / "vectors", directory / "indices", directory / "thumbs"
+    report = extract_vectors(csv_path, vector_dir, embedder=embedder, progress=False)
+    assert report.stored == len(rows) and not report.rejects, report.rejects
+    counts = make_thumbnails(csv_path, thumbnail_dir, workers=1, progress=False)
+    assert counts["written"] == len(rows), counts
+    no_thumbnail_urn = rows[-2]["urn"]
+    (thumbnail_dir / thumbnail_filename(no_thumbnail_urn)).unlink()
+    AnnoyIndexer(vector_dir, index_dir, step_sizes=[10, 1], verbose=False).build()
+    return AppCollection(vector_dir, index_dir, thumbnail_dir, [row["urn"] for row in rows],
+                         [(google["urn"], twitter["urn"]) for google, twitter in emoji_pairs],
+                         ODD_URN, no_thumbnail_urn)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    def json(self) -> object:
+        return json.loads(self.body.decode("utf-8"))
+
+
+def call(app, path: str = "/", query_string: str = "", method: str = "GET") -> Answer:
+    """One request straight through the WSGI interface: any PATH_INFO and QUERY_STRING, as a server
+    would pass them (latin-1 decoded bytes), without a client's own checks or encoding in between."""
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query_string}
+    setup_testing_defaults(environ)
+    started = {}
+
+    def start_response(status, headers, exc_info=None):
+        started["status"] = int(status.split()[0])
+        started["headers"] = {name.lower(): value for name, value in headers}
+
+    chunks = app(environ, start_response)
+    try:
+        body = b"".join(chunks)
+    finally:
+        if hasattr(chunks, "close"):
+            chunks.close()
+    return Answer(started["status"], started["headers"], body)

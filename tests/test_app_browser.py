@@ -1,0 +1,206 @@
+"""The search page in a real browser: Debian's Chromium driven by Playwright, against waitress serving
+the app over the small real collection (one server and one browser for the whole module)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.request import urlopen
+
+import pytest
+
+from app import Collection, make_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+# CI sets SIAMESE_REQUIRE_BROWSER=1: there a missing browser is a failure, not a quiet skip.
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("SIAMESE_REQUIRE_BROWSER"),
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(app_collection):
+    """waitress, as app.py runs it, on a free port of 127.0.0.1, in a thread of this process."""
+    import waitress
+
+    collection = Collection(app_collection.vector_dir, app_collection.index_dir, app_collection.thumbnail_dir)
+    wsgi_server = waitress.create_server(make_app(collection), host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=wsgi_server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{wsgi_server.effective_port}/"
+    wsgi_server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page; the test fails if the page logs a JavaScript error."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def query_of(page) -> dict[str, str]:
+    return {key: values[0] for key, values in parse_qs(urlsplit(page.url).query).items()}
+
+
+def wait_for_query(page, urn: str, step: int) -> None:
+    """Until the page shows `urn` with the timeline of `step` and nothing is loading."""
+    page.wait_for_function(
+        """([urn, step]) => !document.body.classList.contains("busy")
+             && document.querySelector("#urn").value === urn
+             && document.querySelector(`#steps button[data-step="${step}"]`)?.getAttribute("aria-pressed")
+                === "true"
+             && !document.querySelector("#results").hidden""", arg=[urn, str(step)])
+
+
+def period_labels(page) -> list[str]:
+    return page.locator("#timeline .period").evaluate_all("rows => rows.map(row => row.dataset.period)")
+
+
+def test_search_click_switch_step_and_go_back(server, page, app_collection):
+    first = app_collection.pairs[3][0]
+    page.goto(server)
+    page.locator("#random-images .thumb").first.wait_for()  # the start page offers random images
+    assert page.locator("#random-images .thumb").count() == 24
+
+    page.fill("#urn", first)
+    page.press("#urn", "Enter")
+    wait_for_query(page, first, 1)
+    assert query_of(page) == {"urn": first, "step": "1", "nns": "10"}
+    assert page.locator("#neighbours .thumb").count() == 10
+    assert page.locator("#query-metadata dd").first.inner_text() == first
+    years = period_labels(page)
+    assert years == [str(year) for year in range(int(years[0]), int(years[-1]) + 1)]  # one row per year
+    assert "2012" in years and page.locator("#timeline .period.empty").count() >= 1
+
+    neighbour = page.locator("#neighbours .thumb").nth(2).get_attribute("data-urn")
+    page.locator("#neighbours .thumb").nth(2).click()
+    wait_for_query(page, neighbour, 1)
+    assert query_of(page) == {"urn": neighbour, "step": "1", "nns": "10"}
+    assert neighbour not in page.locator("#neighbours .thumb").evaluate_all(
+        "links => links.map(link => link.dataset.urn)")
+
+    page.click("#steps button[data-step='10']")
+    wait_for_query(page, neighbour, 10)
+    assert all("-" in label for label in period_labels(page))  # decades: 2010-2019, 2020-2029
+    assert query_of(page) == {"urn": neighbour, "step": "10", "nns": "10"}
+
+    page.go_back()
+    wait_for_query(page, neighbour, 1)
+    assert len(period_labels(page)) == len(years)
+    page.go_back()
+    wait_for_query(page, first, 1)
+    page.go_forward()
+    wait_for_query(page, neighbour, 1)
+
+
+def test_nns_is_chosen_in_the_page_and_kept_in_the_url(server, page, app_collection):
+    urn = app_collection.urns[4]
+    page.goto(server + "?" + urlencode({"urn": urn, "step": 1}))
+    wait_for_query(page, urn, 1)
+    assert page.locator("#nns").input_value() == "10"
+    page.select_option("#nns", "5")
+    page.wait_for_function("document.querySelectorAll('#neighbours .thumb').length === 5")
+    wait_for_query(page, urn, 1)
+    assert query_of(page) == {"urn": urn, "step": "1", "nns": "5"}
+    strips = page.locator("#timeline .strip").evaluate_all("strips => strips.map(s => s.children.length)")
+    assert max(strips) <= 5
+    page.locator("#neighbours .thumb").first.click()  # the new query keeps nns and step
+    page.wait_for_function("new URLSearchParams(location.search).get('urn') !== " + json.dumps(urn))
+    assert query_of(page)["nns"] == "5"
+    page.go_back()
+    wait_for_query(page, urn, 1)
+    page.go_back()
+    page.wait_for_function("document.querySelectorAll('#neighbours .thumb').length === 10")
+    page.goto(server + "?" + urlencode({"urn": urn, "nns": 20}))  # a permalink with another nns
+    page.wait_for_function("document.querySelectorAll('#neighbours .thumb').length === 20")
+    assert page.locator("#nns").input_value() == "20"
+
+
+def test_the_chart_shows_the_closest_distance_of_each_period(server, page, app_collection):
+    urn = app_collection.urns[0]
+    page.goto(server + "?" + urlencode({"urn": urn, "step": 1}))
+    wait_for_query(page, urn, 1)
+    rows = page.locator("#timeline .period:not(.empty)").count()
+    bars = page.locator("#chart a.bar")
+    assert bars.count() == rows and page.locator("#chart .empty").count() >= 1
+    heights = bars.locator("rect").evaluate_all("rects => rects.map(r => r.getBBox().height)")
+    with urlopen(server + "api/neighbours?" + urlencode({"urn": urn, "step": 1})) as answer:
+        periods = json.load(answer)["steps"]["1"]
+    closest = [period["neighbours"][0]["distance"] for period in periods if period["neighbours"]]
+    # Taller is more alike: the order of the bar heights is the reverse of the distances' order.
+    assert sorted(range(rows), key=lambda i: -heights[i]) == sorted(range(rows), key=lambda i: closest[i])
+    page.locator("#chart a.bar").last.click()
+    last = page.locator("#timeline .period:not(.empty)").last
+    page.wait_for_function("document.activeElement && document.activeElement.classList.contains('period')")
+    assert page.evaluate("document.activeElement.dataset.period") == last.get_attribute("data-period")
+    assert query_of(page)["urn"] == urn and "#" not in page.url  # no history entry of its own
+
+
+def test_a_timeline_neighbour_becomes_the_query_keeping_the_step(server, page, app_collection):
+    urn = app_collection.urns[0]
+    page.goto(server + "?" + urlencode({"urn": urn, "step": 10}))
+    wait_for_query(page, urn, 10)
+    link = page.locator("#timeline .period .thumb").last
+    target = link.get_attribute("data-urn")
+    link.click()
+    wait_for_query(page, target, 10)
+    assert page.title().endswith("— Siamese")
+
+
+def test_odd_urns_survive_links_thumbnails_and_html(server, page, app_collection):
+    page.goto(server + "?" + urlencode({"urn": app_collection.odd_urn}))
+    wait_for_query(page, app_collection.odd_urn, 1)
+    assert page.locator("#query-title").inner_text() == "Odd <urn> & co"  # shown as text, not as HTML
+    assert page.locator("#query img").evaluate("image => image.complete && image.naturalWidth > 0")
+    page.locator("#neighbours .thumb").first.click()  # its twin, the image it copies
+    wait_for_query(page, app_collection.urns[0], 1)
+    page.locator("#timeline .period[data-period='2012'] .thumb").click()
+    wait_for_query(page, app_collection.odd_urn, 1)
+
+
+def test_a_missing_thumbnail_shows_a_placeholder(server, page, app_collection):
+    page.goto(server + "?" + urlencode({"urn": app_collection.no_thumbnail_urn}))
+    wait_for_query(page, app_collection.no_thumbnail_urn, 1)
+    page.locator("#query .placeholder").wait_for()
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ({"urn": "emoji:nobody:0"}, "'emoji:nobody:0' is not in this collection"),
+    ({"urn": "U", "step": "7"}, "step must be one of"),
+])
+def test_a_bad_search_shows_the_apis_message(server, page, app_collection, query, message):
+    query = {key: (app_collection.urns[0] if value == "U" else value) for key, value in query.items()}
+    page.goto(server + "?" + urlencode(query))
+    page.locator("#message").wait_for()
+    assert message in page.locator("#message").inner_text()
+    page.locator("#random-images .thumb").first.wait_for()  # and somewhere to start from
+
+
+def test_random_opens_an_image_of_the_collection(server, page, app_collection):
+    page.goto(server)
+    page.locator("#random-images .thumb").first.wait_for()
+    page.click("#random")
+    page.locator("#results").wait_for()
+    page.wait_for_function("!document.body.classList.contains('busy')")
+    assert query_of(page)["urn"] in app_collection.urns
