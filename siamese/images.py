@@ -83,7 +83,13 @@ def load_model_input(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarr
     Bilinear resize of the whole image, aspect not kept: that is what Inception v3's own 2015
     preprocessing did (decode, then a bilinear resize to 299x299), which the original Siamese used.
     """
-    image = open_rgb(path, draft_size=size)
+    return model_input_from_image(open_rgb(path, draft_size=size), size)
+
+
+def model_input_from_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """What load_model_input makes of a file, from an image already open (any mode; made upright RGB)."""
+    if image.mode != "RGB" or image.getexif().get(0x0112, 1) != 1:
+        image = _to_upright_rgb(image)
     if image.size != size:
         image = image.resize(size, Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

@@ -16,6 +16,8 @@
   let requestNumber = 0;  // answers to superseded requests are dropped
   let wholeCache = null;  // the whole-collection answer for the current urn and nns (a step switch keeps it)
   let current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
+  let currentUpload = null;  // { file, url } while the page shows the results of an uploaded image
+  const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;  // the server's limit (it answers 413 above it)
 
   // ------------------------------------------------------------------------------ helpers
 
@@ -70,6 +72,29 @@
       throw new ApiError((body && body.error) || "The server answered " + response.status + ".");
     }
     return body;
+  }
+
+  // POST an uploaded image to api/search (multipart: image, nns, step), as getJson does for GETs.
+  async function postImage(file, parameters) {
+    const body = new FormData();
+    body.append("image", file, file.name || "upload");
+    for (const [name, value] of Object.entries(parameters)) body.append(name, value);
+    let response;
+    try {
+      response = await fetch("api/search", { method: "POST", body: body, headers: { Accept: "application/json" } });
+    } catch (error) {
+      throw new ApiError("The server cannot be reached (" + error.message + ").");
+    }
+    let answer = null;
+    try {
+      answer = await response.json();
+    } catch (error) {
+      answer = null;
+    }
+    if (!response.ok || answer === null) {
+      throw new ApiError((answer && answer.error) || "The server answered " + response.status + ".");
+    }
+    return answer;
   }
 
   function showMessage(text) {
@@ -141,6 +166,20 @@
     document.title = title(item) + " — Siamese";
   }
 
+  function drawUploadQuery(answer, url) {
+    const metadata = answer.metadata;
+    const preview = element("img", { src: url, alt: "the uploaded image", className: "upload-preview" });
+    $("query").replaceChildren(preview);
+    $("query-title").textContent = metadata.filename || "Uploaded image";
+    const fields = [["uploaded file", metadata.filename || "(no name)"],
+                    ["size", metadata.width + " × " + metadata.height + " pixels"],
+                    ["model", answer.model]];
+    $("query-metadata").replaceChildren(...fields.flatMap(([name, value]) =>
+      [element("dt", { textContent: name }), element("dd", { textContent: String(value) })]));
+    $("urn").value = "";
+    document.title = (metadata.filename || "Uploaded image") + " — Siamese";
+  }
+
   function drawNeighbours(neighbours) {
     $("neighbours").replaceChildren(...(neighbours.length
       ? neighbours.map((item) => thumbnail(item))
@@ -153,7 +192,7 @@
       button.dataset.step = String(size);
       button.setAttribute("aria-pressed", String(size === state.step));
       button.addEventListener("click", () => {
-        if (size !== current.step) search({ urn: current.urn, step: size, nns: current.nns }, "push");
+        if (size !== current.step) rerun({ urn: current.urn, step: size, nns: current.nns });
       });
       return button;
     }));
@@ -272,6 +311,7 @@
       ]);
       if (mine !== requestNumber) return;
       wholeCache = whole;
+      forgetUpload();
       current = { urn: whole.urn, step: timeline.step, nns: whole.nns };
       const periods = timeline.steps[String(timeline.step)];
       hideMessage();
@@ -287,7 +327,57 @@
       if (mine !== requestNumber) return;
       showMessage(error instanceof ApiError ? error.message : "Something went wrong: " + error);
       $("urn").value = state.urn;
-      if (current.urn === null) await showStart();
+      if (current.urn === null && currentUpload === null) await showStart();
+    } finally {
+      if (mine === requestNumber) document.body.classList.remove("busy");
+    }
+  }
+
+  function forgetUpload() {
+    if (currentUpload !== null) URL.revokeObjectURL(currentUpload.url);
+    currentUpload = null;
+  }
+
+  // The same search for the current query: an uploaded image or a urn.
+  function rerun(state) {
+    if (currentUpload !== null && state.urn === null) searchUpload(currentUpload.file, state);
+    else if (state.urn !== null) search(state, "push");
+  }
+
+  // Search with an image file from the user's computer (file picker or drop): the whole collection
+  // and the timeline of the current step, both answered by POST api/search.
+  async function searchUpload(file, state) {
+    if (file.size > MAX_UPLOAD_BYTES) {
+      showMessage("That file is " + Math.round(file.size / 1048576) + " MB; images of at most 20 MB can be uploaded.");
+      return;
+    }
+    const mine = ++requestNumber;
+    document.body.classList.add("busy");
+    try {
+      const [whole, timeline] = await Promise.all([
+        postImage(file, { nns: String(state.nns) }),
+        postImage(file, { nns: String(state.nns), step: String(state.step) }),
+      ]);
+      if (mine !== requestNumber) return;
+      if (currentUpload === null || currentUpload.file !== file) {
+        forgetUpload();
+        currentUpload = { file: file, url: URL.createObjectURL(file) };
+      }
+      wholeCache = null;
+      current = { urn: null, step: timeline.step, nns: whole.nns };
+      const periods = timeline.steps[String(timeline.step)];
+      hideMessage();
+      $("start").hidden = true;
+      $("results").hidden = false;
+      drawUploadQuery(whole, currentUpload.url);
+      drawNeighbours(whole.steps.all[0].neighbours);
+      drawControls(current);
+      drawTimeline(periods, NaN);  // an upload has no year of its own
+      drawChart(periods, NaN);
+      if (window.location.search) history.pushState({ upload: true }, "", "./");  // no urn to link to
+    } catch (error) {
+      if (mine !== requestNumber) return;
+      showMessage(error instanceof ApiError ? error.message : "Something went wrong: " + error);
     } finally {
       if (mine === requestNumber) document.body.classList.remove("busy");
     }
@@ -310,10 +400,11 @@
     const step = parameters.get("step") || String(DEFAULT_STEP);
     const nns = parameters.get("nns") || String(DEFAULT_NNS);
     if (urn) {
-      search({ urn: urn, step: step, nns: nns }, how);  // the API checks step and nns and says what is wrong
+      search({ urn: urn, step: step, nns: nns }, how);  // forgets an upload once it is answered  // the API checks step and nns and says what is wrong
     } else {
       current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
       wholeCache = null;
+      forgetUpload();
       hideMessage();
       $("urn").value = "";
       document.title = "Siamese — visual similarity search";
@@ -328,7 +419,32 @@
   });
 
   $("nns").addEventListener("change", () => {
-    if (current.urn !== null) search({ urn: current.urn, step: current.step, nns: Number($("nns").value) }, "push");
+    rerun({ urn: current.urn, step: current.step, nns: Number($("nns").value) });
+  });
+
+  // Query by upload: the file picker, and the drop zone around it.
+  function startUpload(files) {
+    const file = files && files[0];
+    if (!file) return;
+    searchUpload(file, { urn: null, step: current.step, nns: current.nns });
+  }
+
+  $("upload-file").addEventListener("change", (event) => {
+    startUpload(event.target.files);
+    event.target.value = "";  // choosing the same file again searches again
+  });
+
+  const dropZone = $("drop-zone");
+  dropZone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+    dropZone.classList.add("dragging");
+  });
+  dropZone.addEventListener("dragleave", () => dropZone.classList.remove("dragging"));
+  dropZone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    dropZone.classList.remove("dragging");
+    startUpload(event.dataTransfer.files);
   });
 
   $("random").addEventListener("click", async () => {

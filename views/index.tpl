@@ -19,6 +19,11 @@
       <button type="submit">Search</button>
       <button type="button" id="random" title="Search with an image drawn at random">Random</button>
     </form>
+    <div id="drop-zone" class="drop-zone" title="Search with an image from your computer (at most 20 MB)">
+      <label for="upload-file" class="upload-button">Upload an image</label>
+      <input id="upload-file" class="visually-hidden" type="file" accept="image/*">
+      <span class="drop-hint">or drop one here</span>
+    </div>
     <p class="collection" id="collection-summary">
       {{count}} images
       % if info["years"]:
@@ -76,7 +81,8 @@
   <footer class="footer">
     JSON API: <code>api/neighbours?urn=…&amp;nns=10&amp;step={{info["steps"][-1]}}&amp;vectors=false</code> ·
     <code>api/item?urn=…</code> · <code>api/random?n=1&amp;period=…</code> · <code>api/collection</code> ·
-    <code>thumbnail?urn=…</code>
+    <code>thumbnail?urn=…</code> · <code>POST api/search</code> (multipart <code>image</code>, <code>nns</code>,
+    <code>step</code>)
   </footer>
 </body>
 </html>

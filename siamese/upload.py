@@ -1,0 +1,160 @@
+"""Query by upload: the checks and the search behind `POST /api/search`.
+
+A researcher sends an image that is not in the collection (multipart/form-data, field `image`, plus
+optional `nns` and `step` as form fields or in the query string). It is read the way the collection's
+images were (siamese.images.open_rgb: the same refusals of decompression bombs, truncated files and
+non-images), embedded with the collection's own model, and answered with the structure of
+/api/neighbours, without a query urn ("urn": null; "metadata" describes the upload).
+
+Limits: a body over MAX_UPLOAD_BYTES is refused (413) before it is read; the upload only ever lives in
+Bottle's spooled temporary files and in a temporary directory of our own, removed when the answer is
+made, whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import bottle
+import numpy as np
+
+from siamese.backbones import BackboneError, Embedder
+from siamese.images import ImageRejected, open_rgb
+from siamese.params import parse_count, parse_query_string, parse_step, shorten
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
+TEMPORARY_PREFIX = "siamese-upload-"
+FIELDS = ("image", "nns", "step")
+ACCEPTED_TYPES = ("image/", "application/octet-stream")  # octet-stream: what some clients send for files
+
+
+class UploadError(Exception):
+    """The upload cannot be searched with; `status` is the HTTP status (400, 411, 413, 503)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _megabytes(size: int) -> str:
+    megabytes = size / (1024 * 1024)
+    return f"{megabytes:.0f} MB" if megabytes >= 10 else f"{megabytes:.2g} MB"
+
+
+def check_length(environ: dict, max_bytes: int | None = None) -> None:
+    """Refuse a body that is too large, or of unknown length, before a byte of it is read."""
+    max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
+    content_type = environ.get("CONTENT_TYPE", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UploadError(400, "send the image as multipart/form-data with a file field 'image' (and "
+                               f"optionally nns and step); got content type {shorten(content_type, 60)}")
+    length = environ.get("CONTENT_LENGTH", "")
+    if not length.strip():
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            raise UploadError(411, "a Content-Length header is required")
+        raise UploadError(400, "the request has no body: send the image in a file field 'image'")
+    try:
+        size = int(length)
+    except ValueError:
+        raise UploadError(400, "invalid Content-Length header") from None
+    if size > max_bytes + FORM_OVERHEAD_BYTES:
+        raise UploadError(413, f"the upload is {_megabytes(size)}; images of at most "
+                               f"{_megabytes(max_bytes)} are accepted")
+
+
+def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int, max_nns: int,
+              max_bytes: int | None = None) -> tuple[bottle.FileUpload, int, int | None]:
+    """(the uploaded file, nns, step) from a multipart request; UploadError / ParameterError otherwise.
+
+    `max_bytes`: the largest image accepted (default MAX_UPLOAD_BYTES)."""
+    max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
+    check_length(request.environ, max_bytes)
+    parameters = parse_query_string(request.environ.get("QUERY_STRING", ""), ("nns", "step"),
+                                    "POST /api/search")
+    try:
+        post = request.POST
+    except bottle.HTTPError as error:  # Bottle's MultipartError: a malformed body
+        raise UploadError(400, f"malformed multipart/form-data body ({error.body})") from None
+    for name in post:
+        if name not in FIELDS:
+            raise UploadError(400, f"unknown field {shorten(name)}; POST /api/search takes a file field "
+                                   "'image' and the fields nns and step")
+        values = post.getall(name)
+        if len(values) > 1 or (name != "image" and name in parameters):
+            raise UploadError(400, f"field {name!r} given more than once; give it once")
+        if name != "image":
+            if not isinstance(values[0], str):
+                raise UploadError(400, f"field {name!r} must be a plain value, not a file")
+            parameters[name] = values[0]
+    upload = post.get("image")
+    if upload is None:
+        raise UploadError(400, "field 'image' is required: the image file to search with "
+                               "(multipart/form-data)")
+    if not isinstance(upload, bottle.FileUpload):
+        raise UploadError(400, "field 'image' must be a file (with a file name), not a text value")
+    content_type = (upload.content_type or "").lower()
+    if content_type and not content_type.startswith(ACCEPTED_TYPES):
+        raise UploadError(400, f"field 'image' has content type {shorten(content_type, 60)}; send an "
+                               "image (image/jpeg, image/png, ...)")
+    upload.file.seek(0, os.SEEK_END)
+    size = upload.file.tell()
+    upload.file.seek(0)
+    if size == 0:
+        raise UploadError(400, "the uploaded file is empty")
+    if size > max_bytes:
+        raise UploadError(413, f"the image is {_megabytes(size)}; images of at most "
+                               f"{_megabytes(max_bytes)} are accepted")
+    nns = parse_count(parameters.get("nns"), "nns", default_nns, max_nns)
+    step = parse_step(parameters.get("step"), steps)
+    return upload, nns, step
+
+
+def search(request: bottle.BaseRequest, collection, embedder: Embedder | None, default_nns: int,
+           max_nns: int, max_bytes: int | None = None) -> dict:
+    """The answer to POST /api/search: /api/neighbours' structure for an uploaded image.
+
+    {"urn": null, "metadata": {"filename", "width", "height", "bytes"}, "model", "nns", "step",
+    "steps": {"all" or "S": [{"period", "start", "end", "neighbours": [...]}]}}. `collection` is the
+    app's Collection; `embedder` its model if already loaded, else it is loaded once per process.
+    """
+    upload, nns, step = read_form(request, collection.steps, default_nns, max_nns, max_bytes)
+    vector, metadata = embed_upload(upload, collection.indexer, embedder)
+    if step is None:
+        first, last = collection.years
+        periods = [{"period": str(first) if first == last else f"{first}-{last}", "start": first,
+                    "end": last, "neighbours": collection.indexer.query_vector(vector, n=nns)}]
+    else:
+        periods = collection.indexer.query_vector(vector, n=nns, step=step)
+    return {"urn": None, "metadata": metadata, "model": collection.store.model, "nns": nns, "step": step,
+            "steps": {"all" if step is None else str(step): periods}}
+
+
+def embed_upload(upload: bottle.FileUpload, indexer, embedder: Embedder | None) -> tuple[np.ndarray, dict]:
+    """The upload's vector by the collection's model, and what the answer says of the upload.
+
+    The bytes are copied into a fresh private temporary directory (never under the client's file
+    name) and read from there; the directory is removed before this returns or raises.
+    """
+    directory = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX)
+    try:
+        path = Path(directory) / "upload"
+        with open(path, "wb") as handle:
+            shutil.copyfileobj(upload.file, handle)
+            size = handle.tell()
+        try:
+            image = open_rgb(path)
+        except ImageRejected as error:
+            raise UploadError(400, f"the upload cannot be used as an image: {error}") from None
+        try:
+            vector = indexer.embed_image(image, embedder)
+        except BackboneError as error:
+            raise UploadError(503, f"the collection's model cannot be loaded here: {error}") from None
+        metadata = {"filename": upload.raw_filename, "width": image.width, "height": image.height,
+                    "bytes": size}
+        return vector, metadata
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,133 @@
+"""Query by upload in a real browser: the page's file picker and drop zone, Debian's Chromium driven by
+Playwright, against waitress serving the app over the small real collection with the real model."""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from app import Collection, make_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+# CI sets SIAMESE_REQUIRE_BROWSER=1: there a missing browser is a failure, not a quiet skip.
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("SIAMESE_REQUIRE_BROWSER"),
+                                reason="Debian's chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def server(app_collection, inception_2015):
+    import waitress
+
+    collection = Collection(app_collection.vector_dir, app_collection.index_dir, app_collection.thumbnail_dir)
+    app = make_app(collection, embedder=inception_2015)
+    wsgi_server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=wsgi_server.run, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{wsgi_server.effective_port}/"
+    wsgi_server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def wait_for_upload(page, filename: str, step: int) -> None:
+    """Until the page shows the results of the upload `filename` for `step`, nothing loading."""
+    page.wait_for_function(
+        """([name, step]) => !document.body.classList.contains("busy")
+             && !document.querySelector("#results").hidden
+             && document.querySelector("#query-title").textContent === name
+             && document.querySelector(`#steps button[data-step="${step}"]`)?.getAttribute("aria-pressed")
+                === "true" """, arg=[filename, str(step)])
+
+
+def neighbour_urns(page) -> list[str]:
+    return page.locator("#neighbours .thumb").evaluate_all("links => links.map(link => link.dataset.urn)")
+
+
+def test_file_picker_finds_the_twin_and_keeps_the_upload_across_step_and_nns(server, page, emoji_pairs,
+                                                                            emoji_metadata):
+    google, twitter = emoji_pairs[5]
+    page.goto(server)
+    page.locator("#random-images .thumb").first.wait_for()
+    page.set_input_files("#upload-file", str(emoji_metadata.parent / twitter["path"]))
+    filename = Path(twitter["path"]).name
+    wait_for_upload(page, filename, 1)
+    urns = neighbour_urns(page)
+    assert urns[0] == twitter["urn"] and google["urn"] in urns  # the real model: the other maker's drawing
+    assert page.locator("#query img.upload-preview").get_attribute("src").startswith("blob:")
+    assert "64 × 64 pixels" in page.locator("#query-metadata").inner_text()
+    assert page.locator("#timeline .period").count() > 1
+    assert page.locator("#timeline .period.own").count() == 0  # an upload has no period of its own
+    assert page.locator("#message").is_hidden()
+
+    page.locator('#steps button[data-step="10"]').click()  # the same upload, per decade
+    wait_for_upload(page, filename, 10)
+    labels = page.locator("#timeline .period").evaluate_all("rows => rows.map(row => row.dataset.period)")
+    assert labels and all("-" in label for label in labels)
+
+    page.select_option("#nns", "5")
+    page.wait_for_function("document.querySelectorAll('#neighbours .thumb').length === 5")
+    wait_for_upload(page, filename, 10)
+
+    page.locator("#neighbours .thumb").nth(1).click()  # a result becomes the query: back to urn searches
+    page.wait_for_function("new URLSearchParams(location.search).get('urn') !== null "
+                           "&& !document.body.classList.contains('busy')")
+    assert page.locator("#query img.upload-preview").count() == 0
+
+
+def test_drop_zone_takes_a_dropped_file(server, page, emoji_pairs, emoji_metadata):
+    google, twitter = emoji_pairs[7]
+    data = base64.b64encode((emoji_metadata.parent / google["path"]).read_bytes()).decode()
+    page.goto(server)
+    page.locator("#random-images .thumb").first.wait_for()
+    page.evaluate("""([data]) => {
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+        const zone = document.querySelector("#drop-zone");
+        const options = { dataTransfer: transfer, bubbles: true, cancelable: true };
+        zone.dispatchEvent(new DragEvent("dragover", options));
+        if (!zone.classList.contains("dragging")) throw new Error("no drag feedback");
+        zone.dispatchEvent(new DragEvent("drop", options));
+    }""", [data])
+    wait_for_upload(page, "dropped.png", 1)
+    urns = neighbour_urns(page)
+    assert urns[0] == google["urn"] and twitter["urn"] in urns
+    assert "dragging" not in (page.locator("#drop-zone").get_attribute("class") or "")
+
+
+def test_a_file_that_is_not_an_image_shows_the_servers_reason(server, page, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("these are notes, not a picture")
+    page.goto(server)
+    page.locator("#random-images .thumb").first.wait_for()
+    page.set_input_files("#upload-file", str(text))
+    page.locator("#message").wait_for(state="visible")
+    assert "not an image" in page.locator("#message").inner_text()
+    assert page.locator("#results").is_hidden() and page.locator("#start").is_visible()
