@@ -12,13 +12,13 @@ from urllib.parse import urlencode
 
 import numpy as np
 import pytest
-from app_support import ODD_YEAR, call
 from PIL import Image
 from webtest import TestApp
 
 import app as app_module
 from annoy_indexer import AnnoyIndexer
 from app import MAX_NNS, Collection, CollectionError, make_app
+from app_support import ODD_YEAR, call
 from siamese.vector_store import VectorStore
 
 

@@ -4,59 +4,34 @@ the app over the small real collection (one server and one browser for the whole
 from __future__ import annotations
 
 import json
-import os
-import threading
-from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 from urllib.request import urlopen
 
 import pytest
 
 from app import Collection, make_app
+from browser_support import chromium_browser, fresh_page, requires_browser, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-# CI sets SIAMESE_REQUIRE_BROWSER=1: there a missing browser is a failure, not a quiet skip.
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("SIAMESE_REQUIRE_BROWSER"),
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = requires_browser
 
 
 @pytest.fixture(scope="module")
 def server(app_collection):
-    """waitress, as app.py runs it, on a free port of 127.0.0.1, in a thread of this process."""
-    import waitress
-
     collection = Collection(app_collection.vector_dir, app_collection.index_dir, app_collection.thumbnail_dir)
-    wsgi_server = waitress.create_server(make_app(collection), host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=wsgi_server.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{wsgi_server.effective_port}/"
-    wsgi_server.close()
+    with serving(make_app(collection)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
 def page(browser):
-    """A fresh page; the test fails if the page logs a JavaScript error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, errors
+    with fresh_page(browser, timeout_ms=10_000) as page:
+        yield page
 
 
 def query_of(page) -> dict[str, str]:

@@ -11,11 +11,11 @@ import json
 from urllib.parse import quote, urlencode
 
 import pytest
-from app_support import call
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import MAX_NNS, Collection, make_app
+from app_support import call
 from siamese.vector_store import VectorStore
 
 SETTINGS = settings(max_examples=150, deadline=None,

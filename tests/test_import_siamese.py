@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from original_support import OriginalLayout, write_original_layout
 
 import import_siamese
 from conftest import write_csv
 from import_siamese import REPORT_FILE, SiameseImportError, main
 from import_siamese import import_siamese as run_import
+from original_support import OriginalLayout, write_original_layout
 from siamese.original_names import UrnRestorer, file_stem, urn_from_resolver_link
 from siamese.vector_store import StoreError, VectorStore, VectorStoreWriter
 

@@ -8,12 +8,12 @@ from urllib.parse import quote, urlencode
 
 import numpy as np
 import pytest
-from original_support import OriginalLayout, write_original_layout
 from webtest import TestApp
 
 from annoy_indexer import AnnoyIndexer
 from app import Collection, make_app
 from import_siamese import import_siamese
+from original_support import OriginalLayout, write_original_layout
 from siamese.vector_store import VectorStore
 
 STEPS = [50, 10, 1]

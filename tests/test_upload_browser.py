@@ -4,56 +4,33 @@ Playwright, against waitress serving the app over the small real collection with
 from __future__ import annotations
 
 import base64
-import os
-import threading
 from pathlib import Path
 
 import pytest
 
 from app import Collection, make_app
+from browser_support import chromium_browser, fresh_page, requires_browser, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-# CI sets SIAMESE_REQUIRE_BROWSER=1: there a missing browser is a failure, not a quiet skip.
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists() and not os.environ.get("SIAMESE_REQUIRE_BROWSER"),
-                                reason="Debian's chromium is not installed (apt-get install chromium)")
+pytestmark = requires_browser
 
 
 @pytest.fixture(scope="module")
 def server(app_collection, inception_2015):
-    import waitress
-
     collection = Collection(app_collection.vector_dir, app_collection.index_dir, app_collection.thumbnail_dir)
-    app = make_app(collection, embedder=inception_2015)
-    wsgi_server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=wsgi_server.run, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{wsgi_server.effective_port}/"
-    wsgi_server.close()
+    with serving(make_app(collection, embedder=inception_2015)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(15_000)
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    yield page
-    context.close()
-    assert not errors, errors
+    with fresh_page(browser, timeout_ms=15_000) as page:
+        yield page
 
 
 def wait_for_upload(page, filename: str, step: int) -> None:
