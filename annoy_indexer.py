@@ -944,13 +944,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir,
                                    metric=manifest.get("metric", "euclidean"), step_sizes=steps,
                                    verbose=not arguments.quiet)
-            if arguments.step is None:
-                result = indexer.query_all(arguments.urn, arguments.nns, vectors=arguments.vectors)
-            else:
-                step = indexer._check_step(arguments.step)
-                if len(arguments.nns) != 1:
-                    raise ValueError(f"--nns takes one number with --step, got {len(arguments.nns)}")
-                result = indexer._query_steps(arguments.urn, {step: arguments.nns[0]}, arguments.vectors)
+            result = indexer.query_all(arguments.urn, arguments.nns, vectors=arguments.vectors,
+                                       step_sizes=None if arguments.step is None else [arguments.step])
             print(json.dumps(result, ensure_ascii=False, indent=1))
     except KeyError as error:
         print(f"annoy_indexer.py: error: {error.args[0] if error.args else error}", file=sys.stderr)
