@@ -947,6 +947,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = indexer.query_all(arguments.urn, arguments.nns, vectors=arguments.vectors,
                                        step_sizes=None if arguments.step is None else [arguments.step])
             print(json.dumps(result, ensure_ascii=False, indent=1))
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours or of the input
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyError as error:
         print(f"annoy_indexer.py: error: {error.args[0] if error.args else error}", file=sys.stderr)
         return 2
