@@ -27,7 +27,7 @@ from collections.abc import Callable
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-EMOJI_DIR = pathlib.Path("/tmp/emoji/package/img/google/64")
+EMOJI_DIR = REPO / "data" / "demo" / "images" / "google"  # demo/fetch_emoji.py puts them here
 PHOTO_GLOBS = ["/root/.rustup/toolchains/*/share/doc/rust/html/embedded-book/assets/*.jp*g"]
 SIZE = 299
 
@@ -73,8 +73,8 @@ def make_images(n_emoji: int = 12, n_synthetic: int = 8, seed: int = 0) -> tuple
 
     emoji = sorted(EMOJI_DIR.glob("*.png"))
     if not emoji:
-        print(f"note: no emoji under {EMOJI_DIR} (cd /tmp/emoji && tar xzf "
-              "emoji-datasource-google-16.0.0.tgz package/img/google/64)", file=sys.stderr)
+        print(f"note: no emoji under {EMOJI_DIR} (run demo/fetch_emoji.py data/demo first)",
+              file=sys.stderr)
     for path in emoji[:: max(1, len(emoji) // n_emoji)][:n_emoji]:
         rgba = Image.open(path).convert("RGBA")
         background = Image.new("RGBA", rgba.size, tuple(int(c) for c in rng.integers(0, 256, 3)) + (255,))
@@ -137,11 +137,8 @@ def compare(torch_python: str) -> int:
         convert_s = time.perf_counter() - start
 
         start = time.perf_counter()
-        inc.load_inception_v3_2015(cache_dir=tmp)  # converts and writes the cache
-        first_load_s = time.perf_counter() - start
-        start = time.perf_counter()
-        cached_model = inc.load_inception_v3_2015(cache_dir=tmp)
-        cached_load_s = time.perf_counter() - start
+        loaded_model = inc.load_inception_v3_2015()  # what the project calls: find, read, convert
+        load_s = time.perf_counter() - start
 
         x = inc.preprocess_2015(images)
         got = model.predict(x, batch_size=32, verbose=0)  # also the warm-up (graph tracing)
@@ -149,7 +146,7 @@ def compare(torch_python: str) -> int:
         batch_ms = 1000 * batch_s / len(x)
         model.predict_on_batch(x[:1])
         single_ms = 1000 * _seconds(lambda: [model.predict_on_batch(x[i : i + 1]) for i in range(8)]) / 8
-        from_cache = cached_model.predict(x, batch_size=32, verbose=0)
+        from_loader = loaded_model.predict(x, batch_size=32, verbose=0)
 
         # The quirk matters: the same weights in plain Keras InceptionV3 (avg pool in mixed10).
         plain = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg",
@@ -177,13 +174,13 @@ def compare(torch_python: str) -> int:
         if rows:
             print(f"  {kind:9s} n={len(rows):2d} max diff {diff[rows].max():.3g}  "
                   f"min cosine {cos[rows].min():.7f}")
-    print(f"cache round trip identical: {np.array_equal(got, from_cache)}")
+    print(f"load_inception_v3_2015() gives the same vectors: {np.array_equal(got, from_loader)}")
     print(f"without the mixed10 max-pool swap: cosine min {cosines(unswapped, expected).min():.4f}, "
           f"mean {cosines(unswapped, expected).mean():.4f}")
     print(f"conv layers whose model.layers position differs from creation order: "
           f"{sum(a != b for a, b in zip(depth_order, created, strict=True))} of {len(created)}")
     print(f"conversion: read {read_s:.2f} s, read+build {convert_s:.2f} s; "
-          f"load_inception_v3_2015 first {first_load_s:.2f} s, from cache {cached_load_s:.2f} s")
+          f"load_inception_v3_2015 {load_s:.2f} s")
     print(f"keras: {batch_ms:.1f} ms/image at batch 32, {single_ms:.1f} ms at batch 1 "
           f"({tf.config.threading.get_intra_op_parallelism_threads() or 'default'} intra-op threads)")
     print(f"torch: {torch_stats['batch_ms_per_image']:.1f} ms/image at batch {len(images)}, "

@@ -29,19 +29,24 @@ def emoji_rows(emoji_metadata: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture(scope="session")
-def emoji_pairs(emoji_rows: list[dict]) -> list[tuple[dict, dict]]:
+def select_pairs(rows: list[dict]) -> list[tuple[dict, dict]]:
     """Google and Twitter drawings of 24 different emoji, spread over the whole list.
 
     Skin-tone variants are left out: they differ from their base emoji only in colour, which would
-    make the twin task about colour rather than about drawing.
+    make the twin task about colour rather than about drawing. (bench/random_baseline.py uses the same
+    selection to show that random weights fail the tests' thresholds.)
     """
-    by_key = {(row["maker"], row["unified"]): row for row in emoji_rows}
-    bases = [row for row in emoji_rows
+    by_key = {(row["maker"], row["unified"]): row for row in rows}
+    bases = [row for row in rows
              if row["maker"] == "google" and "(" not in row["name"]
              and ("twitter", row["unified"]) in by_key]
     chosen = bases[:: max(1, len(bases) // 24)][:24]
     return [(row, by_key[("twitter", row["unified"])]) for row in chosen]
+
+
+@pytest.fixture(scope="session")
+def emoji_pairs(emoji_rows: list[dict]) -> list[tuple[dict, dict]]:
+    return select_pairs(emoji_rows)
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> Path:
