@@ -8,21 +8,26 @@ threads share the memory-mapped vectors and indices); --debug uses Bottle's sing
 server instead and adds tracebacks to 500s. The metadata is the one the vector store holds.
 
     GET /                       the search page; /?urn=U&step=S&nns=N is a permalink to a search
-    GET /api/neighbours?urn=U[&nns=10][&step=S|all][&vectors=false]
+    GET /api/neighbours?urn=U[&nns=10][&step=S|all|all,S,...][&vectors=false]
                                 the nns nearest neighbours of U in every period of S years (S: a step
-                                size the indices were built with), or in the whole collection (all)
+                                size the indices were built with), or in the whole collection (all);
+                                several steps (step=all,10) are answered together, one list each
     GET /api/item?urn=U[&vectors=false]          U's metadata and thumbnail
     GET /api/random[?n=1][&period=1950-1959]     n images drawn at random, from a period if given
     GET /api/collection                          size, years, model, metric, step sizes, largest nns
     GET /thumbnail?urn=U                         U's thumbnail JPEG (from make_thumbnails.py)
-    POST /api/search  (multipart: image=FILE[, nns=10][, step=S|all])
+    POST /api/search  (multipart: image=FILE[, nns=10][, step=S|all|all,S,...])
                                 the neighbours of an uploaded image (at most 20 MB), embedded with the
                                 collection's own model: /api/neighbours' answer with "urn": null
     GET /query?urn=U[&nns=N&step=S][&vectors=false], GET /random
                                 the original Siamese's routes and answers (siamese/original_api.py)
 
 The parameter names urn, nns, step and vectors are those of the original Siamese, and the answer of
-/api/neighbours has the structure of AnnoyIndexer.query_all, plus thumbnail URLs. Every error is JSON,
+/api/neighbours has the structure of AnnoyIndexer.query_all, plus thumbnail URLs: {"urn", "metadata",
+"thumbnail", "nns", "step", "steps": {"all": [periods], "10": [periods]}}, one list of periods per step
+asked for ("step" is that step, null for all, or the list of them when several were asked for).
+This module holds the routes, the error handler and the command line; the answers come from
+siamese/collection.py (see docs/architecture.md). Every error is JSON,
 {"error": "...", "status": N}, and a 4xx says what is allowed. Unknown parameters are refused rather
 than ignored, so that a typo is not answered with defaults the caller did not ask for.
 """
@@ -34,199 +39,51 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import random
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode
 
 import bottle
-import numpy as np
 
-from annoy_indexer import AnnoyIndexer, read_manifest
-from make_thumbnails import thumbnail_filename
 from siamese import upload
+from siamese.assets import asset_dir
 from siamese.backbones import Embedder
+from siamese.collection import Collection, CollectionError
 from siamese.original_api import add_original_routes
 from siamese.params import (
+    DEFAULT_NNS,
+    MAX_NNS,
     ParameterError,
     parse_count,
     parse_flag,
     parse_period,
-    parse_query_string,
-    parse_step,
+    parse_steps,
     parse_urn,
     shorten,
 )
-from siamese.vector_store import StoreError, VectorStore
+from siamese.vector_store import StoreError
+from siamese.web import ApiError, error_body, json_answer, request_parameters
 
-ROOT = Path(__file__).resolve().parent
-VIEWS = ROOT / "views"
-STATIC = ROOT / "static"
-DEFAULT_NNS = 10
-MAX_NNS = 100  # per list: with step 1 over 50 years that is already 5,000 neighbours in one answer
+__all__ = ["MAX_NNS", "Collection", "CollectionError", "main", "make_app", "serve_requests_in_parallel"]
+
+VIEWS = asset_dir("views")  # the checkout's, or share/siamese/views when installed
+STATIC = asset_dir("static")
 DEFAULT_RANDOM = 1
 MAX_RANDOM = 100
 THUMBNAIL_MAX_AGE = 24 * 3600  # a urn's thumbnail does not change; browsers need not ask again soon
 
 
-class CollectionError(ValueError):
-    """The directories given do not make a servable collection; the message says how to fix that."""
-
-
-class ApiError(bottle.HTTPError):
-    """An error whose message is meant for the client as it is (the JSON's "error")."""
-
-
-# ------------------------------------------------------------------------------------------ the data
-
-def built_step_sizes(manifest: dict) -> list[int]:
-    """The step sizes an index directory was built with, largest first (decades before years).
-
-    The manifest's `complete` entry names the whole-collection index "all" and each step by its size.
-    """
-    steps = {int(key) for key in manifest.get("complete", {}) if key.isdigit() and int(key) > 0}
-    return sorted(steps, reverse=True)
-
-
 @functools.lru_cache(maxsize=1 << 16)
-def _thumbnail_name_and_query(urn: str) -> tuple[str, str]:
-    """The urn's thumbnail file name and its URL query (urn=...): percent-encoding is slow enough in
-    Python to be a third of a timeline answer's time, and the same urns come back again and again."""
-    return thumbnail_filename(urn), urlencode({"urn": urn})
+def _thumbnail_query(urn: str) -> str:
+    """The urn's thumbnail URL query (urn=...): percent-encoding is slow enough in Python to be a
+    third of a timeline answer's time, and the same urns come back again and again."""
+    return urlencode({"urn": urn})
 
 
-def describe(item: dict) -> dict:
-    """An item as the API shows it: urn, date, year, path, then its metadata columns.
-
-    The flat shape of the indexer's neighbours, so that a client reads neighbours and random images
-    alike; a metadata column never hides one of the item's own fields.
-    """
-    described = {"urn": item["urn"], "date": item["date"], "year": item["year"], "path": item["path"]}
-    for name, value in item.get("metadata", {}).items():
-        described.setdefault(name, value)
-    return described
-
-
-class Collection:
-    """The store, its indices and its thumbnails, opened once and then only read (thread-safe).
-
-    Everything is loaded when the server starts, so that the first visitor does not wait for the items
-    to be read or the indices to be memory-mapped (or, when the store grew since the build, rebuilt).
-    Annoy files are memory-mapped, so a big collection starts in seconds and the operating system shares
-    their pages between processes.
-    """
-
-    def __init__(self, vector_dir: str | os.PathLike, index_dir: str | os.PathLike,
-                 thumbnail_dir: str | os.PathLike | None, verbose: bool = False) -> None:
-        self.vector_dir = Path(vector_dir)
-        self.index_dir = Path(index_dir)
-        self.thumbnail_dir = Path(thumbnail_dir) if thumbnail_dir is not None else None
-        self.store = VectorStore(self.vector_dir)
-        manifest = read_manifest(self.index_dir)
-        self.steps = built_step_sizes(manifest) if manifest else []
-        if not self.steps:
-            raise CollectionError(
-                f"no indices in {self.index_dir}; build them first with: python annoy_indexer.py build "
-                f"{self.vector_dir} {self.index_dir} --steps 10 1")
-        self.metric: str = manifest["metric"]
-        self.indexer = AnnoyIndexer(self.vector_dir, self.index_dir, metric=self.metric,
-                                    step_sizes=self.steps, verbose=verbose)
-        years = self.store.years()
-        self._rows_by_year = np.argsort(years, kind="stable")  # random images within a period
-        self._sorted_years = years[self._rows_by_year]
-        self.years: tuple[int, int] | None = (int(years.min()), int(years.max())) if len(years) else None
-        if len(years):
-            self.indexer.query(self.store.items[0]["urn"], n=1)  # loads (or first rebuilds) every index
-        self._random = random.Random()
-        self._random_lock = threading.Lock()
-
-    @property
-    def count(self) -> int:
-        return self.store.count
-
-    def info(self) -> dict:
-        """What a client needs before asking: size, years, model, metric and the step sizes built."""
-        return {"count": self.count, "model": self.store.model, "n_dimensions": self.store.n_dimensions,
-                "metric": self.metric, "steps": self.steps,
-                "years": None if self.years is None else {"first": self.years[0], "last": self.years[1]},
-                "max_nns": MAX_NNS}
-
-    def __contains__(self, urn: str) -> bool:
-        return urn in self.store
-
-    def vector(self, urn: str) -> list[float]:
-        return self.store.vectors[self.store.row_of(urn)].tolist()
-
-    def item(self, urn: str, vectors: bool = False) -> dict:
-        """{"urn", "metadata": {date, year, path, ...columns}} (+ "vector"); KeyError for an unknown urn."""
-        described = describe(self.store.items[self.store.row_of(urn)])
-        result = {"urn": described.pop("urn"), "metadata": described}
-        if vectors:
-            result["vector"] = self.vector(urn)
-        return result
-
-    def neighbours(self, urn: str, nns: int, step: int | None, vectors: bool) -> dict:
-        """The `nns` nearest neighbours of `urn` in every period of `step`, or in the whole collection.
-
-        The structure of AnnoyIndexer.query_all for one step: {"urn", "metadata", "nns", "step",
-        "steps": {"10": [{"period", "start", "end", "neighbours": [...]}]}}; the whole collection (step
-        None) is "steps": {"all": [one period from the first year to the last]}. A neighbour is {"urn",
-        "distance", "date", "year", "path", ...metadata}, best first. `vectors` adds "vector" to the
-        query and to every neighbour. KeyError naming an unknown urn.
-        """
-        result = self.item(urn, vectors)
-        result.update(nns=nns, step=step)
-        if step is None:
-            first, last = self.years
-            label = str(first) if first == last else f"{first}-{last}"
-            periods = [{"period": label, "start": first, "end": last,
-                        "neighbours": self.indexer.query(urn, n=nns)}]
-        else:
-            periods = self.indexer.query(urn, n=nns, step=step)
-        if vectors:
-            for period in periods:
-                for neighbour in period["neighbours"]:
-                    neighbour["vector"] = self.vector(neighbour["urn"])
-        result["steps"] = {"all" if step is None else str(step): periods}
-        return result
-
-    def random_items(self, n: int, period: tuple[int, int] | None = None) -> list[dict]:
-        """Up to `n` different items drawn at random, from the years `period` (first, last) if given."""
-        low, high = 0, self.count
-        if period is not None:
-            low, high = np.searchsorted(self._sorted_years, [period[0], period[1] + 1]).tolist()
-        with self._random_lock:
-            positions = self._random.sample(range(low, high), min(n, high - low))
-        return [describe(self.store.items[self._rows_by_year[position]]) for position in positions]
-
-    def thumbnail_path(self, urn: str) -> Path | None:
-        """The thumbnail file of `urn`, or None when none was made (not yet, or the image was rejected).
-
-        Asked for every neighbour of every answer (150 of them for 10 per year over 15 years), so the
-        name is cached and the file system is asked with one stat: thumbnails made while the server
-        runs appear, removed ones disappear.
-        """
-        return Path(self._thumbnail_file(urn)) if self.has_thumbnail(urn) else None
-
-    def has_thumbnail(self, urn: str) -> bool:
-        return self.thumbnail_dir is not None and os.path.isfile(self._thumbnail_file(urn))
-
-    def _thumbnail_file(self, urn: str) -> str:
-        return os.path.join(self.thumbnail_dir, _thumbnail_name_and_query(urn)[0])
-
-
-# ------------------------------------------------------------------------------------------ the app
-
-def _json(data: object) -> str:
-    bottle.response.content_type = "application/json; charset=utf-8"
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-
-
-def _parameters(route: str, allowed: tuple[str, ...]) -> dict[str, str]:
-    return parse_query_string(bottle.request.environ.get("QUERY_STRING", ""), allowed, route)
+def info(collection: Collection) -> dict:
+    """/api/collection: the collection's own description, and the largest nns this server answers."""
+    return {**collection.info(), "max_nns": MAX_NNS}
 
 
 _ROUTES_TEXT = ("GET /, /api/neighbours, /api/item, /api/random, /api/collection, /thumbnail, /static/..., "
@@ -247,7 +104,7 @@ def _error_message(error: bottle.HTTPError, debug: bool) -> dict:
         message = "internal error (it is in the server's log)"
     else:
         message = str(error.body) if isinstance(error.body, str) and error.body else error.status_line
-    body = {"error": message, "status": status}
+    body = error_body(status, message)
     if debug and error.traceback:
         body["traceback"] = error.traceback
     return body
@@ -263,9 +120,9 @@ def _static_version() -> str:
 
 def render_page(collection: Collection) -> str:
     """The search page, rendered once: it depends only on the collection, the rest is done by app.js."""
-    info = collection.info()
+    described = info(collection)
     template = bottle.SimpleTemplate(name="index", lookup=[str(VIEWS)])
-    return template.render(info=info, info_json=json.dumps(info), count=f"{info['count']:,}",
+    return template.render(info=described, info_json=json.dumps(described), count=f"{described['count']:,}",
                            version=_static_version())
 
 
@@ -302,7 +159,7 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         where the app is mounted (the request's SCRIPT_NAME), so that the URL works behind a proxy."""
         if not collection.has_thumbnail(urn):
             return None
-        return f"{prefix}thumbnail?{_thumbnail_name_and_query(urn)[1]}"
+        return f"{prefix}thumbnail?{_thumbnail_query(urn)}"
 
     def with_thumbnails(result: dict) -> dict:
         """`result` with "thumbnail" after the query's metadata and on every neighbour (ours wins over a
@@ -325,38 +182,38 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
 
     @route("/api/neighbours")
     def neighbours() -> str:
-        parameters = _parameters("/api/neighbours", ("urn", "nns", "step", "vectors"))
+        parameters = request_parameters("/api/neighbours", ("urn", "nns", "step", "vectors"))
         urn = parse_urn(parameters.get("urn"))
         nns = parse_count(parameters.get("nns"), "nns", DEFAULT_NNS, MAX_NNS)
-        step = parse_step(parameters.get("step"), collection.steps)
+        steps = parse_steps(parameters.get("step"), collection.steps)
         vectors = parse_flag(parameters.get("vectors"), "vectors")
-        return _json(with_thumbnails(collection.neighbours(known(urn), nns, step, vectors)))
+        return json_answer(with_thumbnails(collection.neighbours(known(urn), nns, steps, vectors)))
 
     @route("/api/item")
     def item() -> str:
-        parameters = _parameters("/api/item", ("urn", "vectors"))
+        parameters = request_parameters("/api/item", ("urn", "vectors"))
         urn = parse_urn(parameters.get("urn"))
         vectors = parse_flag(parameters.get("vectors"), "vectors")
-        return _json(with_thumbnails(collection.item(known(urn), vectors)))
+        return json_answer(with_thumbnails(collection.item(known(urn), vectors)))
 
     @route("/api/random")
     def random_images() -> str:
-        parameters = _parameters("/api/random", ("n", "period"))
+        parameters = request_parameters("/api/random", ("n", "period"))
         n = parse_count(parameters.get("n"), "n", DEFAULT_RANDOM, MAX_RANDOM)
         period = parse_period(parameters.get("period"))
         images = collection.random_items(n, period)
         for image in images:
             image["thumbnail"] = thumbnail_url(image["urn"], bottle.request.script_name)
-        return _json({"n": n, "period": parameters.get("period"), "images": images})
+        return json_answer({"n": n, "period": parameters.get("period"), "images": images})
 
     @route("/api/collection")
     def collection_info() -> str:
-        _parameters("/api/collection", ())
-        return _json(collection.info())
+        request_parameters("/api/collection", ())
+        return json_answer(info(collection))
 
     @route("/thumbnail")
     def thumbnail() -> bottle.HTTPResponse:
-        urn = known(parse_urn(_parameters("/thumbnail", ("urn",)).get("urn")))
+        urn = known(parse_urn(request_parameters("/thumbnail", ("urn",)).get("urn")))
         path = collection.thumbnail_path(urn)
         if path is None:
             raise ApiError(404, f"no thumbnail for urn {shorten(urn, 200)}; make them with "
@@ -373,23 +230,21 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
             raise ApiError(response.status_code, f"no static file {shorten(filename, 100)}")
         return response
 
-    # ---------------------------------------------------------------- query by upload (issue 4)
     # POST /api/search: multipart field `image` (+ nns, step); checks and search in siamese/upload.py.
     # `embedder`: the collection's model, already loaded (tests); None loads it on the first upload,
     # once per process (backbones.shared_embedder).
     @app.route("/api/search", method="POST")
     def search_by_upload() -> str:
         try:
-            answer = upload.search(bottle.request, collection, embedder, DEFAULT_NNS, MAX_NNS)
+            answer = upload.search(bottle.request, collection, embedder)
         except (ParameterError, upload.UploadError) as error:
             raise ApiError(error.status, str(error)) from None
-        return _json(with_thumbnails(answer))
-    # ---------------------------------------------------------------- end of query by upload
+        return json_answer(with_thumbnails(answer))
 
     add_original_routes(app, collection)  # GET /query, /random: the original Siamese's API
 
     def json_error(error: bottle.HTTPError) -> str:
-        return _json(_error_message(error, debug))
+        return json_answer(_error_message(error, debug))
 
     app.default_error_handler = json_error
     return app

@@ -12,38 +12,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import os
 import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
-from urllib.parse import quote
 
 from PIL import Image
 from tqdm import tqdm
 
 from siamese.images import ImageRejected, open_rgb
 from siamese.metadata import MetadataError, read_metadata
+from siamese.thumbnails import thumbnail_filename
 from siamese.vector_store import write_atomically
 
 REJECTS_FILE = "rejects.csv"
-_MAX_NAME_BYTES = 200
-
-
-def thumbnail_filename(urn: str) -> str:
-    """A file name for the urn's thumbnail that is safe on every file system and reversible.
-
-    Percent-encoding keeps ':' and '/' out of names without the ':'-to-'-' trick that made the original
-    Siamese confuse identifiers; overlong urns fall back to a hash.
-    """
-    name = quote(urn, safe="-_.~")
-    if name.startswith("."):
-        name = "%2E" + name[1:]
-    if len(name.encode()) > _MAX_NAME_BYTES:
-        name = "sha1-" + hashlib.sha1(urn.encode()).hexdigest()
-    return name + ".jpg"
+__all__ = ["make_thumbnail", "make_thumbnails", "thumbnail_filename"]  # the name rule: siamese/thumbnails.py
 
 
 def make_thumbnail(source: Path, target: Path, max_height: int = 300, quality: int = 85) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 """Takes a (n, height, width, 3) uint8 batch, returns (n, n_dimensions) float32 vectors."""
@@ -223,3 +224,21 @@ def _one_at_a_time(embedder: Embedder) -> Embedder:
         with lock:
             return embedder(batch)
     return embed
+
+
+def embed_image(image: str | os.PathLike | Image.Image, model: str,
+                embedder: Embedder | None = None) -> np.ndarray:
+    """The vector of one image (a path or a PIL image) by the backbone `model`.
+
+    `embedder`: that model, already loaded; None loads it once per process (shared_embedder).
+    ImageRejected (with the reason) for a file that is not a usable image.
+    """
+    from siamese.images import load_model_input, model_input_from_image
+
+    backbone = get_backbone(model)
+    if isinstance(image, Image.Image):
+        pixels = model_input_from_image(image, backbone.input_size)
+    else:
+        pixels = load_model_input(image, backbone.input_size)
+    embedder = embedder if embedder is not None else shared_embedder(backbone.name)
+    return np.asarray(embedder(pixels[None]), dtype=np.float32)[0]

@@ -26,40 +26,25 @@ parameters are refused, as on our own routes, so that a typo is not answered wit
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 import bottle
 
+from siamese.collection import Collection
 from siamese.original_names import urn_from_resolver_link
-from siamese.params import (
-    ParameterError,
-    parse_count,
-    parse_flag,
-    parse_query_string,
-    parse_step,
-    parse_urn,
-    shorten,
-)
-
-if TYPE_CHECKING:
-    from app import Collection
+from siamese.params import MAX_NNS, ParameterError, parse_count, parse_flag, parse_step, parse_urn, shorten
+from siamese.web import error_body, json_answer, request_parameters
 
 ORIGINAL_WINDOW = 50  # the original's default: 10 neighbours per 50 years ...
 ORIGINAL_WINDOW_NNS = 10
 ORIGINAL_YEAR_NNS = 1  # ... and 1 per year
 RANDOM_IMAGES = 10
-MAX_NNS = 100  # as /api/neighbours
-
-
-def _json(data: object) -> str:
-    bottle.response.content_type = "application/json; charset=utf-8"
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _refuse(status: int, message: str) -> NoReturn:
     """Answer with our JSON error body at once (an HTTPResponse skips the app's error pages, which would
     call an unknown urn's 404 'no such page')."""
-    raise bottle.HTTPResponse(json.dumps({"error": message, "status": status}, ensure_ascii=False),
+    raise bottle.HTTPResponse(json.dumps(error_body(status, message), ensure_ascii=False),
                               status=status, headers={"Content-Type": "application/json; charset=utf-8"})
 
 
@@ -88,12 +73,9 @@ def original_answer(collection: Collection, urn: str, plan: dict[int | None, int
     source = {"urn": urn, "year": item["metadata"]["year"], "image": image_name(item["metadata"]["path"])}
     if vectors:
         source["vector"] = item["vector"]
-    neighbors: dict[str, dict[str, list[dict]]] = {}
-    for step, nns in plan.items():
-        [periods] = collection.neighbours(urn, nns, step, vectors)["steps"].values()
-        neighbors["all" if step is None else str(step)] = {
-            str(period["start"]): [_neighbor(found, vectors) for found in period["neighbours"]]
-            for period in periods}
+    neighbors = {key: {str(period["start"]): [_neighbor(found, vectors) for found in period["neighbours"]]
+                       for period in periods}
+                 for key, periods in collection.periods(urn, plan, vectors).items()}
     return {"source": source, "neighbors": neighbors}
 
 
@@ -108,13 +90,10 @@ def _neighbor(found: dict, vectors: bool) -> dict:
 def add_original_routes(app: bottle.Bottle, collection: Collection) -> None:
     """Add GET /query and GET /random, the original Siamese's API, to the app over `collection`."""
 
-    def parameters(route: str, allowed: tuple[str, ...]) -> dict[str, str]:
-        return parse_query_string(bottle.request.environ.get("QUERY_STRING", ""), allowed, route)
-
     @app.route("/query", method="GET")
     def query() -> str:
         try:
-            given = parameters("/query", ("urn", "nns", "step", "vectors"))
+            given = request_parameters("/query", ("urn", "nns", "step", "vectors"))
             urn = urn_from_resolver_link(parse_urn(given.get("urn")))
             plan = query_plan(given.get("nns"), given.get("step"), collection.steps)
             vectors = parse_flag(given.get("vectors"), "vectors")
@@ -123,14 +102,14 @@ def add_original_routes(app: bottle.Bottle, collection: Collection) -> None:
         if urn not in collection:
             _refuse(404, f"urn {shorten(urn, 200)} is not in this collection; urns are matched exactly "
                          "(GET /random gives some)")
-        return _json(original_answer(collection, urn, plan, vectors))
+        return json_answer(original_answer(collection, urn, plan, vectors))
 
     @app.route("/random", method="GET")
     def random_images() -> str:
         try:
-            parameters("/random", ())
+            request_parameters("/random", ())
         except ParameterError as error:
             _refuse(400, str(error))
         images = collection.random_items(RANDOM_IMAGES)
-        return _json({"images": [{"urn": image["urn"], "year": image["year"], "path": image["path"]}
+        return json_answer({"images": [{"urn": image["urn"], "year": image["year"], "path": image["path"]}
                                  for image in images]})

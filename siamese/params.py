@@ -11,6 +11,8 @@ import re
 from collections.abc import Collection, Sequence
 from urllib.parse import parse_qsl
 
+DEFAULT_NNS = 10
+MAX_NNS = 100  # per list: with step 1 over 50 years that is already 5,000 neighbours in one answer
 MAX_PARAMETERS = 20  # more than any route takes; bounds the work a hostile query string can cause
 _DIGITS = re.compile(r"[0-9]{1,7}")  # ASCII digits only: int() would also take ' 5', '+5', '5_0', '٥'
 _PERIOD = re.compile(r"([0-9]{1,4})(?:-([0-9]{1,4}))?")  # years as the metadata CSV writes them
@@ -86,6 +88,17 @@ def parse_step(value: str | None, steps: Collection[int]) -> int | None:
     built = ", ".join(str(step) for step in steps)
     raise ParameterError(f"step must be one of the period lengths the indices were built with ({built} "
                          f"years), or 'all' (or left out) for the whole collection; got {shorten(value)}")
+
+
+def parse_steps(value: str | None, steps: Collection[int]) -> list[int | None]:
+    """Step sizes, comma-separated ('all,10,1'), each as parse_step reads it: None for 'all' (the whole
+    collection), also when absent. Each at most once, in the order given."""
+    if value is None:
+        return [None]
+    chosen = [parse_step(part, steps) for part in value.split(",")]
+    if len(set(chosen)) != len(chosen):
+        raise ParameterError(f"step lists a step size more than once: {shorten(value)}")
+    return chosen
 
 
 def parse_period(value: str | None) -> tuple[int, int] | None:

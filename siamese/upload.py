@@ -22,8 +22,9 @@ import bottle
 import numpy as np
 
 from siamese.backbones import BackboneError, Embedder
+from siamese.collection import Collection
 from siamese.images import ImageRejected, open_rgb
-from siamese.params import parse_count, parse_query_string, parse_step, shorten
+from siamese.params import DEFAULT_NNS, MAX_NNS, parse_count, parse_query_string, parse_steps, shorten
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
@@ -66,9 +67,10 @@ def check_length(environ: dict, max_bytes: int | None = None) -> None:
                                f"{_megabytes(max_bytes)} are accepted")
 
 
-def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int, max_nns: int,
-              max_bytes: int | None = None) -> tuple[bottle.FileUpload, int, int | None]:
-    """(the uploaded file, nns, step) from a multipart request; UploadError / ParameterError otherwise.
+def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = DEFAULT_NNS,
+              max_nns: int = MAX_NNS, max_bytes: int | None = None
+              ) -> tuple[bottle.FileUpload, int, list[int | None]]:
+    """(the uploaded file, nns, steps) from a multipart request; UploadError / ParameterError otherwise.
 
     `max_bytes`: the largest image accepted (default MAX_UPLOAD_BYTES)."""
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
@@ -109,31 +111,27 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int, m
         raise UploadError(413, f"the image is {_megabytes(size)}; images of at most "
                                f"{_megabytes(max_bytes)} are accepted")
     nns = parse_count(parameters.get("nns"), "nns", default_nns, max_nns)
-    step = parse_step(parameters.get("step"), steps)
-    return upload, nns, step
+    return upload, nns, parse_steps(parameters.get("step"), steps)
 
 
-def search(request: bottle.BaseRequest, collection, embedder: Embedder | None, default_nns: int,
-           max_nns: int, max_bytes: int | None = None) -> dict:
+def search(request: bottle.BaseRequest, collection: Collection, embedder: Embedder | None,
+           default_nns: int = DEFAULT_NNS, max_nns: int = MAX_NNS, max_bytes: int | None = None) -> dict:
     """The answer to POST /api/search: /api/neighbours' structure for an uploaded image.
 
     {"urn": null, "metadata": {"filename", "width", "height", "bytes"}, "model", "nns", "step",
-    "steps": {"all" or "S": [{"period", "start", "end", "neighbours": [...]}]}}. `collection` is the
-    app's Collection; `embedder` its model if already loaded, else it is loaded once per process.
+    "steps": {"all" or "S": [{"period", "start", "end", "neighbours": [...]}], ...}}. The image is
+    embedded once, whatever the number of steps asked for. `embedder`: the collection's model if
+    already loaded, else it is loaded once per process.
     """
-    upload, nns, step = read_form(request, collection.steps, default_nns, max_nns, max_bytes)
-    vector, metadata = embed_upload(upload, collection.indexer, embedder)
-    if step is None:
-        first, last = collection.years
-        periods = [{"period": str(first) if first == last else f"{first}-{last}", "start": first,
-                    "end": last, "neighbours": collection.indexer.query_vector(vector, n=nns)}]
-    else:
-        periods = collection.indexer.query_vector(vector, n=nns, step=step)
-    return {"urn": None, "metadata": metadata, "model": collection.store.model, "nns": nns, "step": step,
-            "steps": {"all" if step is None else str(step): periods}}
+    upload, nns, steps = read_form(request, collection.steps, default_nns, max_nns, max_bytes)
+    vector, metadata = embed_upload(upload, collection, embedder)
+    answer = collection.neighbours(vector, nns, steps)
+    return {"urn": None, "metadata": metadata, "model": collection.model, "nns": answer["nns"],
+            "step": answer["step"], "steps": answer["steps"]}
 
 
-def embed_upload(upload: bottle.FileUpload, indexer, embedder: Embedder | None) -> tuple[np.ndarray, dict]:
+def embed_upload(upload: bottle.FileUpload, collection: Collection,
+                 embedder: Embedder | None) -> tuple[np.ndarray, dict]:
     """The upload's vector by the collection's model, and what the answer says of the upload.
 
     The bytes are copied into a fresh private temporary directory (never under the client's file
@@ -150,7 +148,7 @@ def embed_upload(upload: bottle.FileUpload, indexer, embedder: Embedder | None) 
         except ImageRejected as error:
             raise UploadError(400, f"the upload cannot be used as an image: {error}") from None
         try:
-            vector = indexer.embed_image(image, embedder)
+            vector = collection.embed(image, embedder)
         except BackboneError as error:
             raise UploadError(503, f"the collection's model cannot be loaded here: {error}") from None
         metadata = {"filename": upload.raw_filename, "width": image.width, "height": image.height,

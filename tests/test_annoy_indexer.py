@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from annoy import AnnoyIndex
 
-import annoy_indexer
-from annoy_indexer import METRICS, AnnoyIndexer, exact_distances, read_manifest
+from annoy_indexer import METRICS, AnnoyIndexer, SearchSettings, exact_distances, read_manifest
+from siamese.index_build import IndexConfig, build_indices
 from siamese.vector_store import VectorStore, VectorStoreWriter
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,24 +246,19 @@ SEARCHES = {
 }
 
 
-def configured(monkeypatch, vector_dir: Path, index_dir: Path, metric: str, search: str,
-               **overrides) -> AnnoyIndexer:
+def configured(vector_dir: Path, index_dir: Path, metric: str, search: str, **overrides) -> AnnoyIndexer:
     settings = {**SEARCHES[search], **overrides}
-    brute_force_max_rows = settings.pop("brute_force_max_rows", None)
-    scan_below = settings.pop("scan_below", None)
-    if scan_below is not None:
-        monkeypatch.setattr(annoy_indexer, "SCAN_BELOW", scan_below)
-    indexer = AnnoyIndexer(vector_dir, index_dir, metric=metric, verbose=False, **settings)
-    if brute_force_max_rows is not None:
-        indexer.brute_force_max_rows = brute_force_max_rows
-    return indexer
+    knobs = [name for name in ("brute_force_max_rows", "scan_below") if name in settings]
+    search_settings = SearchSettings(**{name: settings.pop(name) for name in knobs})
+    return AnnoyIndexer(vector_dir, index_dir, metric=metric, verbose=False, search_settings=search_settings,
+                        **settings)
 
 
 @pytest.mark.parametrize("search", list(SEARCHES))
 @pytest.mark.parametrize("metric", METRICS)
-def test_every_metric_ranks_like_brute_force(tmp_path, monkeypatch, metric, search):
+def test_every_metric_ranks_like_brute_force(tmp_path, metric, search):
     store_dir = make_store(tmp_path / "vectors", n=300, seed=3)
-    indexer = configured(monkeypatch, store_dir, tmp_path / "indices", metric, search)
+    indexer = configured(store_dir, tmp_path / "indices", metric, search)
     store = VectorStore(store_dir)
     hits = total = 0
     for row in range(0, len(store), 15):
@@ -287,11 +282,11 @@ def test_every_metric_ranks_like_brute_force(tmp_path, monkeypatch, metric, sear
     assert hits / total >= minimum, f"recall {hits / total:.3f} for {metric} ({search})"
 
 
-def test_recall_at_10_on_a_clustered_collection_is_at_least_099(tmp_path, monkeypatch):
+def test_recall_at_10_on_a_clustered_collection_is_at_least_099(tmp_path):
     store_dir = make_store(tmp_path / "vectors", n=3000, dim=48, seed=5)
     store = VectorStore(store_dir)
     for search in ("projected scan", "projected annoy"):
-        indexer = configured(monkeypatch, store_dir, tmp_path / search, "euclidean", search,
+        indexer = configured(store_dir, tmp_path / search, "euclidean", search,
                              index_dimensions=12)
         hits = total = 0
         for row in range(0, len(store), 60):
@@ -337,16 +332,12 @@ def test_appended_rows_rebuild_only_the_indices_they_change(tmp_path):
     assert fresh.query_all("urn:test:1002")["steps"]["1"][-1]["period"] == "1964"
 
 
-def test_a_stale_index_dir_is_rebuilt_by_the_first_query_and_a_current_one_is_not(tmp_path, monkeypatch):
+def test_a_stale_index_dir_is_rebuilt_by_the_first_query_and_a_current_one_is_not(tmp_path):
     store_dir = make_store(tmp_path / "vectors")
     AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).build()
-
-    def no_build(self, force=False):
-        raise AssertionError("an up-to-date index dir must not be rebuilt")
-
-    with monkeypatch.context() as patch:
-        patch.setattr(AnnoyIndexer, "build", no_build)
-        assert AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).query("urn:test:1", n=2)
+    before = files_of(tmp_path / "indices")
+    assert AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).query("urn:test:1", n=2)
+    assert files_of(tmp_path / "indices") == before  # not a file written, not even the manifest
     vectors, items = synthetic(1, 16, seed=4, start=5000)
     with VectorStoreWriter(store_dir, "test-model", 16) as writer:
         writer.append(vectors, items)
@@ -355,22 +346,19 @@ def test_a_stale_index_dir_is_rebuilt_by_the_first_query_and_a_current_one_is_no
     assert read_manifest(tmp_path / "indices")["store_count"] == 401
 
 
-def test_an_interrupted_build_resumes_keeping_what_was_finished(tmp_path, monkeypatch):
+def test_an_interrupted_build_resumes_keeping_what_was_finished(tmp_path):
     store_dir = make_store(tmp_path / "vectors")
     indexer = AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False)
-    write_index = AnnoyIndexer._write_index
     calls = []
 
-    def interrupted(self, *args, **kwargs):
+    def interrupt_after_five(key: str) -> None:  # Ctrl-C while the sixth index is being written
+        calls.append(key)
         if len(calls) == 5:
             raise KeyboardInterrupt
-        calls.append(args[0])
-        return write_index(self, *args, **kwargs)
 
-    monkeypatch.setattr(AnnoyIndexer, "_write_index", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        indexer.build()
-    monkeypatch.setattr(AnnoyIndexer, "_write_index", write_index)
+        build_indices(VectorStore(store_dir), tmp_path / "indices", IndexConfig(), verbose=False,
+                      on_index_written=interrupt_after_five)
     recorded = read_manifest(tmp_path / "indices")["indices"]
     assert set(calls) <= set(recorded)
     kept = {key: recorded[key] for key in calls}

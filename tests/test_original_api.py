@@ -33,6 +33,13 @@ def collection(tmp_path_factory, layout) -> Collection:
 
 
 @pytest.fixture(scope="module")
+def indexer(collection) -> AnnoyIndexer:
+    """The notebook's view of the same directories."""
+    return AnnoyIndexer(collection.vector_dir, collection.index_dir, step_sizes=collection.steps,
+                        verbose=False)
+
+
+@pytest.fixture(scope="module")
 def client(collection) -> TestApp:
     return TestApp(make_app(collection))
 
@@ -83,10 +90,10 @@ def test_default_query_is_10_per_50_years_and_1_per_year_as_our_routes_answer(cl
     assert neighbor["path"] == f"{neighbor['year']}/{neighbor['urn'].replace(':', '-')}.jpg"
 
 
-def test_query_answers_what_query_all_answers_with_the_originals_keywords(client, collection, layout):
+def test_query_answers_what_query_all_answers_with_the_originals_keywords(client, layout, indexer):
     urn = layout.restorable[0]
     body = get(client, "/query", urn=urn, nns=4, step=10)
-    result = collection.indexer.query_all(urn, n_nns=[4], step_sizes=[10], exclude_self=True)
+    result = indexer.query_all(urn, n_nns=[4], step_sizes=[10], exclude_self=True)
     assert body["neighbors"] == {"10": {
         str(period["start"]): [{"urn": found["urn"], "year": found["year"], "path": found["path"],
                                 "distance": found["distance"]} for found in period["neighbours"]]
@@ -212,28 +219,28 @@ def test_the_original_readme_calls_work(collection):
     result = indexer.query_all(urn, n_nns=[5])
     assert list(result["steps"]) == ["10"] and all(len(period["neighbours"]) <= 5
                                                    for period in result["steps"]["10"])
-    assert result == collection.indexer.query_all(urn, n_nns=[5], step_sizes=[10])
+    assert result == indexer.query_all(urn, n_nns=[5], step_sizes=[10])
     assert indexer.load().step_sizes == [10]  # load() keeps them, as load([]) does
     with pytest.raises(ValueError, match="step must be one of"):
         indexer.query_all(urn, n_nns=[5], step_sizes=[50])  # not loaded: an error, not {}
     with pytest.raises(ValueError, match="n_nns"):
-        collection.indexer.query_all(urn, n_nns=[5, 1], step_sizes=[10])
+        indexer.query_all(urn, n_nns=[5, 1], step_sizes=[10])
 
 
-def test_query_all_step_sizes_pairs_n_nns_in_order(collection):
+def test_query_all_step_sizes_pairs_n_nns_in_order(collection, indexer):
     urn = collection.store.urns[3]
-    result = collection.indexer.query_all(urn, n_nns=[2, 1], step_sizes=[1, 50], vectors=True)
+    result = indexer.query_all(urn, n_nns=[2, 1], step_sizes=[1, 50], vectors=True)
     assert list(result["steps"]) == ["1", "50"] and "vector" in result
     assert all(len(period["neighbours"]) <= 2 for period in result["steps"]["1"])
     assert all(len(period["neighbours"]) == 1 and "vector" in period["neighbours"][0]
                for period in result["steps"]["50"])
 
 
-def test_query_all_exclude_self_false_keeps_the_query_first_in_its_own_period(collection, layout):
+def test_query_all_exclude_self_false_keeps_the_query_first_in_its_own_period(collection, layout, indexer):
     urn = layout.restorable[5]
     year = layout.years[urn]
-    without = collection.indexer.query_all(urn, n_nns=3, step_sizes=[10, 1])
-    kept = collection.indexer.query_all(urn, n_nns=3, step_sizes=[10, 1], exclude_self=False)
+    without = indexer.query_all(urn, n_nns=3, step_sizes=[10, 1])
+    kept = indexer.query_all(urn, n_nns=3, step_sizes=[10, 1], exclude_self=False)
     for step in ("10", "1"):
         for before, after in zip(without["steps"][step], kept["steps"][step], strict=True):
             if before["start"] <= year <= before["end"]:
@@ -250,5 +257,5 @@ def test_build_takes_the_originals_n_trees_and_step_sizes(collection, tmp_path):
     assert report["built"] > 0 and indexer.step_sizes == [50, 1] and indexer.n_trees == 5
     urn = collection.store.urns[0]
     # periods this small are searched exhaustively: the same answer whatever the trees
-    assert indexer.query_all(urn, n_nns=[10, 1]) == collection.indexer.query_all(
+    assert indexer.query_all(urn, n_nns=[10, 1]) == indexer.query_all(
         urn, n_nns=[10, 1], step_sizes=[50, 1])

@@ -25,6 +25,13 @@ def collection(app_collection) -> Collection:
 
 
 @pytest.fixture(scope="module")
+def indexer(collection) -> AnnoyIndexer:
+    """The notebook's view of the same directories."""
+    return AnnoyIndexer(collection.vector_dir, collection.index_dir, step_sizes=collection.steps,
+                        verbose=False)
+
+
+@pytest.fixture(scope="module")
 def client(collection, inception_2015) -> webtest.TestApp:
     return webtest.TestApp(make_app(collection, embedder=inception_2015))
 
@@ -45,11 +52,10 @@ def rank_of(urns: list[str], urn: str) -> int | None:
 
 # ------------------------------------------------------------------------ Python API
 
-def test_query_image_finds_the_other_makers_drawing(collection, emoji_pairs, emoji_metadata, inception_2015):
+def test_query_image_finds_the_other_makers_drawing(indexer, emoji_pairs, emoji_metadata, inception_2015):
     """A Twitter emoji given as a file, with the collection's (real) model: its Google twin is among the
     first results for most pairs (bench/random_baseline.py: among the 4 nearest other images for 20 of
     24 pairs with the real weights, at most 9 of 24 with random weights)."""
-    indexer = collection.indexer
     found = 0
     for google, twitter in emoji_pairs:
         path = emoji_metadata.parent / twitter["path"]
@@ -61,9 +67,8 @@ def test_query_image_finds_the_other_makers_drawing(collection, emoji_pairs, emo
     assert found >= 0.75 * len(emoji_pairs), found
 
 
-def test_query_vector_equals_query_of_a_stored_item(collection):
+def test_query_vector_equals_query_of_a_stored_item(collection, indexer):
     """Querying with a stored vector gives the urn's own neighbours, plus the item itself first."""
-    indexer = collection.indexer
     urn = collection.store.urns[3]
     vector = collection.store.vectors[collection.store.row_of(urn)]
     by_vector = indexer.query_vector(vector, n=6)
@@ -77,12 +82,12 @@ def test_query_vector_equals_query_of_a_stored_item(collection):
 
 
 def test_query_image_takes_a_pil_image_and_a_path_alike(collection, emoji_pairs, emoji_metadata,
-                                                       inception_2015):
+                                                       inception_2015, indexer):
     path = emoji_metadata.parent / emoji_pairs[0][1]["path"]
     with Image.open(path) as image:
         image.load()
-        from_pil = collection.indexer.query_image(image, n=3, embedder=inception_2015)
-    from_path = collection.indexer.query_image(str(path), n=3, embedder=inception_2015)
+        from_pil = indexer.query_image(image, n=3, embedder=inception_2015)
+    from_path = indexer.query_image(str(path), n=3, embedder=inception_2015)
     assert [n["urn"] for n in from_pil] == [n["urn"] for n in from_path]
 
 
@@ -91,17 +96,17 @@ def test_query_image_takes_a_pil_image_and_a_path_alike(collection, emoji_pairs,
     (np.full(2048, np.nan), "NaN"),
     ("not a vector", "numbers"),
 ])
-def test_query_vector_refuses_bad_vectors(collection, vector, message):
+def test_query_vector_refuses_bad_vectors(collection, vector, message, indexer):
     with pytest.raises(ValueError, match=message):
-        collection.indexer.query_vector(vector)
+        indexer.query_vector(vector)
 
 
-def test_query_vector_refuses_bad_n_and_step(collection):
+def test_query_vector_refuses_bad_n_and_step(collection, indexer):
     vector = np.zeros(2048, np.float32)
     with pytest.raises(ValueError, match="n must be"):
-        collection.indexer.query_vector(vector, n=0)
+        indexer.query_vector(vector, n=0)
     with pytest.raises(ValueError, match="step must be"):
-        collection.indexer.query_vector(vector, step=7)
+        indexer.query_vector(vector, step=7)
 
 
 def test_query_image_uses_the_stores_model(tmp_path, pairs_csv):
@@ -113,7 +118,7 @@ def test_query_image_uses_the_stores_model(tmp_path, pairs_csv):
     extract_vectors(pairs_csv, vector_dir, model="colour-histogram", progress=False)
     indexer = AnnoyIndexer(vector_dir, index_dir, step_sizes=[10], verbose=False)
     assert indexer.model == "colour-histogram"
-    path = Path(next(iter(indexer._ensure_loaded().store.items))["path"])
+    path = Path(next(iter(indexer.collection().store.items))["path"])
     neighbours = indexer.query_image(path, n=1)
     assert neighbours[0]["path"] == str(path) and neighbours[0]["distance"] == pytest.approx(0, abs=1e-6)
     assert backbones.shared_embedder("colour-histogram") is backbones.shared_embedder("colour-histogram")
@@ -312,7 +317,7 @@ def test_model_load_failure_is_503(collection, emoji_pairs, emoji_metadata, monk
         raise backbones.BackboneError("weights missing")
 
     app = webtest.TestApp(make_app(collection))  # no embedder: the app would load the model itself
-    monkeypatch.setattr("annoy_indexer.shared_embedder", broken)
+    monkeypatch.setattr("siamese.backbones.shared_embedder", broken)
     data = png_bytes(emoji_metadata.parent / emoji_pairs[0][1]["path"])
     response = post_image(app, data, status=503)
     assert "weights missing" in error_of(response)

@@ -1,0 +1,64 @@
+"""The only code that turns store rows and search hits into what the API, the CLI and notebooks see.
+
+One metadata rule for every answer: an item shows as urn, (distance), date, year, path, then its
+metadata columns in CSV order, and a metadata column never hides or imitates a field of the answer
+(a column named urn, distance, date, year, path or vector is left out).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from siamese.periods import Period
+from siamese.search import PeriodHits
+from siamese.vector_store import VectorStore
+
+RESERVED = frozenset({"urn", "distance", "date", "year", "path", "vector"})  # not metadata in the JSON
+
+
+def describe(item: dict, distance: float | None = None) -> dict:
+    """An item as the JSON shows it: urn, (distance), date, year, path, then its metadata columns."""
+    described = {"urn": item["urn"]}
+    if distance is not None:
+        described["distance"] = distance
+    described.update(date=item["date"], year=item["year"], path=item["path"])
+    metadata = item.get("metadata") or {}
+    if RESERVED.isdisjoint(metadata):
+        described.update(metadata)
+    else:
+        described.update((name, value) for name, value in metadata.items() if name not in RESERVED)
+    return described
+
+
+def item_answer(store: VectorStore, row: int, vectors: bool = False) -> dict:
+    """{"urn", "metadata": {date, year, path, ...columns}} (+ "vector") for one row of the store."""
+    described = describe(store.items[row])
+    answer = {"urn": described.pop("urn"), "metadata": described}
+    if vectors:
+        answer["vector"] = store.vectors[row].tolist()
+    return answer
+
+
+def neighbour_list(store: VectorStore, rows: np.ndarray, distances: np.ndarray,
+                   vectors: bool = False) -> list[dict]:
+    """The neighbours as the API shows them, best first; `vectors` adds each one's "vector"."""
+    items = store.items
+    found = []
+    for row, distance in zip(rows.tolist(), distances.tolist(), strict=True):
+        neighbour = describe(items[row], distance)
+        if vectors:
+            neighbour["vector"] = store.vectors[row].tolist()
+        found.append(neighbour)
+    return found
+
+
+def period_answer(period: Period, neighbours: list[dict]) -> dict:
+    return {"period": period.label, "start": period.start, "end": period.end, "neighbours": neighbours}
+
+
+def periods_answer(store: VectorStore, hits: dict[str, list[PeriodHits]],
+                   vectors: bool = False) -> dict[str, list[dict]]:
+    """{"all" or step: [{"period", "start", "end", "neighbours": [...]}]} for the search core's hits."""
+    return {key: [period_answer(found.period, neighbour_list(store, found.rows, found.distances, vectors))
+                  for found in periods]
+            for key, periods in hits.items()}

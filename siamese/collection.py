@@ -1,0 +1,170 @@
+"""A collection as the web app and notebooks see it: one vector store, its search core, its thumbnails.
+
+Everything is opened once and then only read (thread-safe). The store is opened once and shared with
+the search core, so a process holds one copy of the items. When the store grew since the indices were
+built, the missing indices are built before anything is answered: an answer never mixes old indices
+with new rows.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from siamese import answers
+from siamese.backbones import Embedder, embed_image
+from siamese.index_build import IndexConfig, build_indices
+from siamese.index_dir import WHOLE, built_step_sizes, read_manifest
+from siamese.search import Query, SearchCore, SearchSettings
+from siamese.thumbnails import Thumbnails
+from siamese.vector_store import VectorStore
+
+
+class CollectionError(ValueError):
+    """The directories given do not make a servable collection; the message says how to fix that."""
+
+
+def step_key(step: int | None) -> str:
+    """The key of a step size in answers: "all" for the whole collection (None), else the size."""
+    return WHOLE if step is None else str(step)
+
+
+class Collection:
+    """The store, its indices and its thumbnails.
+
+    config : the indices to use; None uses every step size built in `index_dir` with its settings
+        (CollectionError when none was built). Missing or stale indices of `config` are built first.
+    """
+
+    def __init__(self, vector_dir: str | os.PathLike, index_dir: str | os.PathLike,
+                 thumbnail_dir: str | os.PathLike | None = None, verbose: bool = False, *,
+                 config: IndexConfig | None = None, settings: SearchSettings | None = None,
+                 n_jobs: int = -1) -> None:
+        self.vector_dir = Path(vector_dir)
+        self.index_dir = Path(index_dir)
+        self.thumbnails = Thumbnails(thumbnail_dir)
+        self.store = VectorStore(self.vector_dir)
+        manifest = read_manifest(self.index_dir)
+        if config is None:
+            steps = built_step_sizes(manifest) if manifest else []
+            if not steps:
+                raise CollectionError(
+                    f"no indices in {self.index_dir}; build them first with: python annoy_indexer.py build "
+                    f"{self.vector_dir} {self.index_dir} --steps 10 1")
+            config = IndexConfig(metric=manifest["metric"], step_sizes=tuple(steps))
+        self.config = config
+        if not config.is_current(self.index_dir, manifest, self.store):
+            build_indices(self.store, self.index_dir, config, n_jobs=n_jobs, verbose=verbose)
+        try:
+            self.core = SearchCore(self.store, self.index_dir, list(config.step_sizes), settings)
+        except FileNotFoundError:  # an index deleted behind the manifest's back: build it again
+            build_indices(self.store, self.index_dir, config, n_jobs=n_jobs, verbose=verbose)
+            self.core = SearchCore(self.store, self.index_dir, list(config.step_sizes), settings)
+        self.steps: list[int] = list(config.step_sizes)
+        self.metric: str = config.metric
+        years = self.store.years()
+        self._rows_by_year = np.argsort(years, kind="stable")  # random images within a period
+        self._sorted_years = years[self._rows_by_year]
+        self.years: tuple[int, int] | None = (int(years.min()), int(years.max())) if len(years) else None
+        self._random = random.Random()
+        self._random_lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return self.store.count
+
+    @property
+    def model(self) -> str:
+        """The model the store's vectors come from: a query image must be embedded with it."""
+        return self.store.model
+
+    def info(self) -> dict:
+        """What a client needs before asking: size, years, model, metric and the step sizes built."""
+        return {"count": self.count, "model": self.store.model, "n_dimensions": self.store.n_dimensions,
+                "metric": self.metric, "steps": self.steps,
+                "years": None if self.years is None else {"first": self.years[0], "last": self.years[1]}}
+
+    def __contains__(self, urn: object) -> bool:
+        return urn in self.store
+
+    # ---------------------------------------------------------------- items
+
+    def item(self, urn: str, vectors: bool = False) -> dict:
+        """{"urn", "metadata": {date, year, path, ...columns}} (+ "vector"); KeyError for an unknown urn."""
+        return answers.item_answer(self.store, self.store.row_of(urn), vectors)
+
+    def random_items(self, n: int, period: tuple[int, int] | None = None) -> list[dict]:
+        """Up to `n` different items drawn at random, from the years `period` (first, last) if given."""
+        low, high = 0, self.count
+        if period is not None:
+            low, high = np.searchsorted(self._sorted_years, [period[0], period[1] + 1]).tolist()
+        with self._random_lock:
+            positions = self._random.sample(range(low, high), min(n, high - low))
+        return [answers.describe(self.store.items[self._rows_by_year[position]]) for position in positions]
+
+    # ---------------------------------------------------------------- searching
+
+    def check_vector(self, vector: Sequence[float] | np.ndarray) -> np.ndarray:
+        """`vector` as a query of this collection; ValueError for a wrong shape or values not finite."""
+        try:
+            array = np.asarray(vector, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"vector must be a sequence of {self.store.n_dimensions} numbers") from None
+        if array.ndim == 2 and array.shape[0] == 1:
+            array = array[0]
+        if array.shape != (self.store.n_dimensions,):
+            raise ValueError(f"vector must have {self.store.n_dimensions} values (the {self.model!r} "
+                             f"vectors of {self.vector_dir}), got shape {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError("vector holds NaN or infinite values")
+        return np.ascontiguousarray(array)
+
+    def _query(self, query: str | np.ndarray) -> Query:
+        if isinstance(query, str):
+            return self.core.query_for_row(self.store.row_of(query))  # KeyError naming the urn
+        return self.core.query_for_vector(self.check_vector(query))
+
+    def periods(self, query: str | Sequence[float] | np.ndarray, plan: dict[int | None, int],
+                vectors: bool = False, include_self: bool = False) -> dict[str, list[dict]]:
+        """{"all" or step: [{"period", "start", "end", "neighbours": [...]}]}: for each step size of
+        `plan` (None: the whole collection, one period), plan[step] neighbours in every period of it.
+
+        `query`: a urn of the collection (KeyError if unknown; it is never its own neighbour unless
+        `include_self`), or a vector of the collection's model. A neighbour is {"urn", "distance",
+        "date", "year", "path", ...metadata}, best first; `vectors` adds its "vector".
+        """
+        hits = self.core.search(self._query(query), {step_key(step): n for step, n in plan.items()},
+                                include_self)
+        return answers.periods_answer(self.store, hits, vectors)
+
+    def neighbours(self, query: str | Sequence[float] | np.ndarray, nns: int,
+                   steps: Sequence[int | None] = (None,), vectors: bool = False) -> dict:
+        """The `nns` nearest neighbours of `query` in every period of each step size of `steps`.
+
+        {"urn", "metadata", ("vector",) "nns", "step", "steps": {"all": [...], "10": [...]}}: "step" is
+        the one step asked for (None: the whole collection) or the list of them; "steps" holds one list
+        of periods per step, in the order asked. For a vector, "urn" is None and "metadata" empty.
+        """
+        answer = self.item(query, vectors) if isinstance(query, str) else {"urn": None, "metadata": {}}
+        answer.update(nns=nns, step=steps[0] if len(steps) == 1 else list(steps))
+        answer["steps"] = self.periods(query, dict.fromkeys(steps, nns), vectors)
+        return answer
+
+    def embed(self, image: str | os.PathLike | Image.Image, embedder: Embedder | None = None) -> np.ndarray:
+        """An image's vector by the collection's own model (`embedder`: that model, already loaded)."""
+        return embed_image(image, self.model, embedder)
+
+    # ---------------------------------------------------------------- thumbnails
+
+    def thumbnail_path(self, urn: str) -> Path | None:
+        """The thumbnail file of `urn`, or None when none was made (not yet, or the image was rejected)."""
+        return self.thumbnails.path(urn)
+
+    def has_thumbnail(self, urn: str) -> bool:
+        return self.thumbnails.exists(urn)
