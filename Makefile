@@ -1,13 +1,14 @@
 # Two entry points for a fresh machine (Python 3.10+, npm for the demo collection):
 #   make demo   install, fetch the emoji collection, extract -> thumbnails -> indices -> web app
 #   make test   install the test dependencies and run the tests (the browser tests need chromium)
+#   make test-fast  the fast tier alone: no model, no browser, seconds (tests marked fast)
 #   make serve  the web app over the demo collection, once `make demo` has built it
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO = data/demo
 
-.PHONY: install install-dev system-deps demo serve test clean-demo
+.PHONY: install install-dev system-deps demo serve test test-fast clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,9 @@ serve: install
 test: install-dev system-deps
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -q tests
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m fast tests
 
 clean-demo:
 	rm -rf $(DEMO)/vectors $(DEMO)/thumbnails $(DEMO)/indices-eucl

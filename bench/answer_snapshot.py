@@ -450,7 +450,7 @@ def run_pipeline(csv_path: Path, directory: Path, model: str) -> tuple[Path, Pat
 
 def remove_thumbnail(thumbnail_dir: Path, urn: str) -> None:
     """As the tests do: a urn of the collection whose thumbnail is missing (a rejected image)."""
-    from make_thumbnails import thumbnail_filename
+    from siamese.thumbnails import thumbnail_filename
 
     (thumbnail_dir / thumbnail_filename(urn)).unlink()
     print(f"removed the thumbnail of {urn!r} on purpose")

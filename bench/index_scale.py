@@ -43,7 +43,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import annoy_indexer  # noqa: E402
 from annoy_indexer import AnnoyIndexer  # noqa: E402
 from siamese.vector_store import VectorStore, VectorStoreWriter  # noqa: E402
 
@@ -185,7 +184,7 @@ def phase_query(args: argparse.Namespace) -> dict:
     memory_first = memory_mib()
     # A long-running server has touched the store's pages: map them all once, as it would have, so that
     # latencies are those of its steady state rather than of page faults on a fresh mapping.
-    vectors = indexer._ensure_loaded().vectors
+    vectors = indexer.collection().core.vectors
     for start in range(0, len(vectors), BATCH):
         float(vectors[start:start + BATCH].sum())
     calls = {"step 1 (50 periods)": lambda urn: indexer.query(urn, n=10, step=1),
@@ -214,8 +213,8 @@ def phase_query(args: argparse.Namespace) -> dict:
     sweep = []
     period_size = len(store) // (LAST_YEAR - FIRST_YEAR + 1)
     for search_k in args.sweep or []:
-        indexer.search_k = search_k
-        path = "scan" if period_size <= annoy_indexer.SCAN_BELOW * search_k else "Annoy trees"
+        indexer = AnnoyIndexer(args.store, args.indices, step_sizes=STEPS, verbose=False, search_k=search_k)
+        path = "scan" if period_size <= indexer.search_settings.scan_below * search_k else "Annoy trees"
         times, results = [], []
         for urn in latency_urns:
             started = time.perf_counter()

@@ -14,7 +14,6 @@
 
   const $ = (id) => document.getElementById(id);
   let requestNumber = 0;  // answers to superseded requests are dropped
-  let wholeCache = null;  // the whole-collection answer for the current urn and nns (a step switch keeps it)
   let current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
   let currentUpload = null;  // { file, url } while the page shows the results of an uploaded image
   const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;  // the server's limit (it answers 413 above it)
@@ -303,25 +302,22 @@
     const mine = ++requestNumber;
     document.body.classList.add("busy");
     try {
-      const parameters = { urn: state.urn, nns: String(state.nns) };
-      const needWhole = wholeCache === null || wholeCache.urn !== state.urn || wholeCache.nns !== state.nns;
-      const [whole, timeline] = await Promise.all([
-        needWhole ? getJson("api/neighbours", parameters) : Promise.resolve(wholeCache),
-        getJson("api/neighbours", Object.assign({ step: String(state.step) }, parameters)),
-      ]);
+      // One request: the whole collection (the top list) and the timeline's step, answered together.
+      const answer = await getJson("api/neighbours",
+        { urn: state.urn, nns: String(state.nns), step: "all," + String(state.step) });
       if (mine !== requestNumber) return;
-      wholeCache = whole;
       forgetUpload();
-      current = { urn: whole.urn, step: timeline.step, nns: whole.nns };
-      const periods = timeline.steps[String(timeline.step)];
+      const step = answer.step[1];
+      current = { urn: answer.urn, step: step, nns: answer.nns };
+      const periods = answer.steps[String(step)];
       hideMessage();
       $("start").hidden = true;
       $("results").hidden = false;
-      drawQuery(whole);
-      drawNeighbours(whole.steps.all[0].neighbours);
+      drawQuery(answer);
+      drawNeighbours(answer.steps.all[0].neighbours);
       drawControls(current);
-      drawTimeline(periods, whole.metadata.year);
-      drawChart(periods, whole.metadata.year);
+      drawTimeline(periods, answer.metadata.year);
+      drawChart(periods, answer.metadata.year);
       remember(current, how);
     } catch (error) {
       if (mine !== requestNumber) return;
@@ -345,7 +341,8 @@
   }
 
   // Search with an image file from the user's computer (file picker or drop): the whole collection
-  // and the timeline of the current step, both answered by POST api/search.
+  // and the timeline of the current step, both answered by one POST api/search (one upload, embedded
+  // once).
   async function searchUpload(file, state) {
     if (file.size > MAX_UPLOAD_BYTES) {
       showMessage("That file is " + Math.round(file.size / 1048576) + " MB; images of at most 20 MB can be uploaded.");
@@ -354,23 +351,20 @@
     const mine = ++requestNumber;
     document.body.classList.add("busy");
     try {
-      const [whole, timeline] = await Promise.all([
-        postImage(file, { nns: String(state.nns) }),
-        postImage(file, { nns: String(state.nns), step: String(state.step) }),
-      ]);
+      const answer = await postImage(file, { nns: String(state.nns), step: "all," + String(state.step) });
       if (mine !== requestNumber) return;
       if (currentUpload === null || currentUpload.file !== file) {
         forgetUpload();
         currentUpload = { file: file, url: URL.createObjectURL(file) };
       }
-      wholeCache = null;
-      current = { urn: null, step: timeline.step, nns: whole.nns };
-      const periods = timeline.steps[String(timeline.step)];
+      const step = answer.step[1];
+      current = { urn: null, step: step, nns: answer.nns };
+      const periods = answer.steps[String(step)];
       hideMessage();
       $("start").hidden = true;
       $("results").hidden = false;
-      drawUploadQuery(whole, currentUpload.url);
-      drawNeighbours(whole.steps.all[0].neighbours);
+      drawUploadQuery(answer, currentUpload.url);
+      drawNeighbours(answer.steps.all[0].neighbours);
       drawControls(current);
       drawTimeline(periods, NaN);  // an upload has no year of its own
       drawChart(periods, NaN);
@@ -397,13 +391,13 @@
   function fromLocation(how) {
     const parameters = new URLSearchParams(window.location.search);
     const urn = parameters.get("urn");
-    const step = parameters.get("step") || String(DEFAULT_STEP);
+    const given = parameters.get("step");
+    const step = given && given !== "all" ? given : String(DEFAULT_STEP);  // the top list is always "all"
     const nns = parameters.get("nns") || String(DEFAULT_NNS);
     if (urn) {
-      search({ urn: urn, step: step, nns: nns }, how);  // forgets an upload once it is answered  // the API checks step and nns and says what is wrong
+      search({ urn: urn, step: step, nns: nns }, how);  // the API checks step and nns and says what is wrong
     } else {
       current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
-      wholeCache = null;
       forgetUpload();
       hideMessage();
       $("urn").value = "";

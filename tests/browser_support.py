@@ -59,3 +59,11 @@ def fresh_page(browser, timeout_ms: int):
     yield page
     context.close()
     assert not errors, errors
+
+
+def record_api_requests(page) -> list[tuple[str, str]]:
+    """(method, URL) of every request the page makes to the JSON API from now on."""
+    requests: list[tuple[str, str]] = []
+    page.on("request", lambda request: requests.append((request.method, request.url))
+            if "/api/" in request.url else None)
+    return requests

@@ -83,3 +83,12 @@ def app_collection(tmp_path_factory, emoji_pairs, emoji_metadata: Path, inceptio
 
     return build_collection(tmp_path_factory.mktemp("app-collection"), emoji_pairs, emoji_metadata,
                             inception_2015)
+
+
+@pytest.fixture(scope="session")
+def histogram_collection(tmp_path_factory):
+    """60 generated drawings, colour-histogram vectors, thumbnails, indices (steps 10, 1): the fast
+    tier's real collection, made without TensorFlow in about a second; app_support.py."""
+    from app_support import build_histogram_collection
+
+    return build_histogram_collection(tmp_path_factory.mktemp("histogram-collection"))

@@ -10,7 +10,7 @@ from urllib.request import urlopen
 import pytest
 
 from app import Collection, make_app
-from browser_support import chromium_browser, fresh_page, requires_browser, serving
+from browser_support import chromium_browser, fresh_page, record_api_requests, requires_browser, serving
 
 pytestmark = requires_browser
 
@@ -87,6 +87,25 @@ def test_search_click_switch_step_and_go_back(server, page, app_collection):
     wait_for_query(page, first, 1)
     page.go_forward()
     wait_for_query(page, neighbour, 1)
+
+
+def test_a_search_is_one_request(server, page, app_collection):
+    """The whole collection's list and the timeline come in one answer (step=all,S): a permalink, a step
+    switch and a click on a neighbour each cost one request to /api/neighbours."""
+    requests = record_api_requests(page)
+    urn = app_collection.pairs[6][0]
+    page.goto(server + "?" + urlencode({"urn": urn, "step": 10}))
+    wait_for_query(page, urn, 10)
+    searches = [url for method, url in requests if "/api/neighbours" in url]
+    assert len(searches) == 1 and parse_qs(urlsplit(searches[0]).query)["step"] == ["all,10"]
+    assert page.locator("#neighbours .thumb").count() == 10 and period_labels(page)
+    page.click("#steps button[data-step='1']")
+    wait_for_query(page, urn, 1)
+    neighbour = page.locator("#neighbours .thumb").first.get_attribute("data-urn")
+    page.locator("#neighbours .thumb").first.click()
+    wait_for_query(page, neighbour, 1)
+    searches = [url for method, url in requests if "/api/neighbours" in url]
+    assert [parse_qs(urlsplit(url).query)["step"] for url in searches] == [["all,10"], ["all,1"], ["all,1"]]
 
 
 def test_nns_is_chosen_in_the_page_and_kept_in_the_url(server, page, app_collection):

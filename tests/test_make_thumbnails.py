@@ -9,7 +9,8 @@ from urllib.parse import unquote
 from PIL import Image
 
 from conftest import ROOT, write_csv
-from make_thumbnails import make_thumbnails, thumbnail_filename
+from make_thumbnails import make_thumbnails
+from siamese.thumbnails import thumbnail_filename
 
 
 def collection(tmp_path: Path) -> Path:

@@ -6,6 +6,8 @@ import pytest
 
 from siamese.metadata import MetadataError, parse_year, read_metadata
 
+pytestmark = pytest.mark.fast  # no model, no browser: make test-fast
+
 
 @pytest.mark.parametrize("date, year", [("1950", 1950), ("1950-03", 1950), ("1994-12-31", 1994),
                                         (" 2001-01-01 ", 2001)])

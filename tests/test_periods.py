@@ -5,6 +5,8 @@ import pytest
 
 from siamese.periods import Period, period_of, periods_between, validate_step
 
+pytestmark = pytest.mark.fast  # no model, no browser: make test-fast
+
 
 @pytest.mark.parametrize(("year", "step", "expected"), [
     (1949, 10, Period(1940, 1949)),

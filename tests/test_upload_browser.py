@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app import Collection, make_app
-from browser_support import chromium_browser, fresh_page, requires_browser, serving
+from browser_support import chromium_browser, fresh_page, record_api_requests, requires_browser, serving
 
 pytestmark = requires_browser
 
@@ -50,6 +50,7 @@ def neighbour_urns(page) -> list[str]:
 def test_file_picker_finds_the_twin_and_keeps_the_upload_across_step_and_nns(server, page, emoji_pairs,
                                                                             emoji_metadata):
     google, twitter = emoji_pairs[5]
+    requests = record_api_requests(page)
     page.goto(server)
     page.locator("#random-images .thumb").first.wait_for()
     page.set_input_files("#upload-file", str(emoji_metadata.parent / twitter["path"]))
@@ -62,9 +63,11 @@ def test_file_picker_finds_the_twin_and_keeps_the_upload_across_step_and_nns(ser
     assert page.locator("#timeline .period").count() > 1
     assert page.locator("#timeline .period.own").count() == 0  # an upload has no period of its own
     assert page.locator("#message").is_hidden()
+    assert [method for method, url in requests if "/api/search" in url] == ["POST"]  # posted once
 
     page.locator('#steps button[data-step="10"]').click()  # the same upload, per decade
     wait_for_upload(page, filename, 10)
+    assert [method for method, url in requests if "/api/search" in url] == ["POST", "POST"]
     labels = page.locator("#timeline .period").evaluate_all("rows => rows.map(row => row.dataset.period)")
     assert labels and all("-" in label for label in labels)
 

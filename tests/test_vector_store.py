@@ -7,6 +7,8 @@ import pytest
 
 from siamese.vector_store import ITEMS, MANIFEST, VECTORS, StoreError, VectorStore, VectorStoreWriter
 
+pytestmark = pytest.mark.fast  # no model, no browser: make test-fast
+
 
 def items(start: int, count: int) -> list[dict]:
     return [{"urn": f"urn:test:{i}", "date": "1950", "year": 1950, "path": f"{i}.png",
