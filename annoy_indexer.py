@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from siamese.backbones import Embedder, embed_image
+from siamese.cli import Parser, run_command
 from siamese.collection import Collection
 from siamese.index_build import (
     DEFAULT_INDEX_DIMENSIONS,
@@ -272,22 +273,15 @@ class AnnoyIndexer:
 
 # -------------------------------------------------------------------- command line
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (plus a pointer to --help), like every other error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="annoy_indexer.py", description=__doc__.split("\n\n")[0],
+    parser = Parser(prog="annoy_indexer.py", description=__doc__.split("\n\n")[0],
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="examples:\n"
                             "  python annoy_indexer.py build vectors indices-eucl --steps 10 1\n"
                             "  python annoy_indexer.py query vectors indices-eucl URN --nns 10 --step 1\n\n"
                             "Each command's --help says more; how the indices work is in the module's "
                             "docstring.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     build = commands.add_parser(
         "build", help="build the missing or stale indices of a vector store",
         description="Build one Annoy index for the whole collection and one per period for each step "
@@ -324,7 +318,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    try:
+
+    def command() -> int:
         if arguments.command == "build":
             indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir, metric=arguments.metric,
                                    step_sizes=arguments.steps, n_trees=arguments.trees,
@@ -332,31 +327,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = indexer.build(force=arguments.force)
             print(f"{report['built']} indices built, {report['up_to_date']} up to date, "
                   f"{report['empty']} empty periods, in {report['seconds']:.1f} s ({arguments.index_dir})")
-        else:
-            manifest = read_manifest(arguments.index_dir) or {}
-            steps = built_step_sizes(manifest) or [10, 1]
-            if arguments.step is not None:
-                steps = [arguments.step] if arguments.step in steps else steps
-            indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir,
-                                   metric=manifest.get("metric", "euclidean"), step_sizes=steps,
-                                   verbose=not arguments.quiet)
-            result = indexer.query_all(arguments.urn, arguments.nns, vectors=arguments.vectors,
-                                       step_sizes=None if arguments.step is None else [arguments.step])
-            print(json.dumps(result, ensure_ascii=False, indent=1))
-    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours or of the input
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    except KeyError as error:
-        print(f"annoy_indexer.py: error: {error.args[0] if error.args else error}", file=sys.stderr)
-        return 2
-    except (ValueError, OSError, StoreError) as error:
-        print(f"annoy_indexer.py: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("annoy_indexer.py: interrupted; run again to resume (finished indices are kept)",
-              file=sys.stderr)
-        return 130
-    return 0
+            return 0
+        manifest = read_manifest(arguments.index_dir) or {}
+        steps = built_step_sizes(manifest) or [10, 1]
+        if arguments.step is not None:
+            steps = [arguments.step] if arguments.step in steps else steps
+        indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir,
+                               metric=manifest.get("metric", "euclidean"), step_sizes=steps,
+                               verbose=not arguments.quiet)
+        result = indexer.query_all(arguments.urn, arguments.nns, vectors=arguments.vectors,
+                                   step_sizes=None if arguments.step is None else [arguments.step])
+        print(json.dumps(result, ensure_ascii=False, indent=1))
+        return 0
+
+    return run_command("annoy_indexer.py", command, (KeyError, ValueError, OSError, StoreError),
+                       "run again to resume (finished indices are kept)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ than ignored, so that a typo is not answered with defaults the caller did not as
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -49,6 +48,7 @@ import bottle
 from siamese import upload
 from siamese.assets import asset_dir
 from siamese.backbones import Embedder
+from siamese.cli import Parser
 from siamese.collection import Collection, CollectionError
 from siamese.original_api import add_original_routes
 from siamese.params import (
@@ -266,7 +266,7 @@ def serve_requests_in_parallel() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="app.py", description="Serve the Siamese search page and JSON API over one collection.")
     parser.add_argument("--vector-dir", required=True, metavar="DIR",
                         help="the vector store (made by extract_vectors.py); it holds the metadata too")

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
-import io
 import os
 import sys
 import time
@@ -28,9 +26,10 @@ import numpy as np
 from tqdm import tqdm
 
 from siamese.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, Embedder, get_backbone
+from siamese.cli import Parser, run_command, write_csv_report
 from siamese.images import ImageRejected, load_model_input
 from siamese.metadata import MetadataError, Record, read_metadata
-from siamese.vector_store import StoreError, VectorStoreWriter, write_atomically
+from siamese.vector_store import StoreError, VectorStoreWriter
 
 REJECTS_FILE = "rejects.csv"
 
@@ -84,11 +83,7 @@ def decode_in_background(records: Iterable[Record], images_root: Path, size: tup
 
 def write_rejects(vector_dir: Path, rejects: list[tuple[str, str, str]]) -> None:
     """The rejects of the latest run, as CSV (urn, path, reason); replaced atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["urn", "path", "reason"])
-    writer.writerows(rejects)
-    write_atomically(vector_dir / REJECTS_FILE, buffer.getvalue().encode("utf-8"))
+    write_csv_report(vector_dir / REJECTS_FILE, ["urn", "path", "reason"], rejects)
 
 
 def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLike,
@@ -159,7 +154,7 @@ def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLi
 
 def build_parser() -> argparse.ArgumentParser:
     models = "; ".join(f"{b.name}: {b.description}" for b in BACKBONES.values())
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="extract_vectors.py",
         description="Extract one feature vector per image into a vector directory (resumable: run "
                     "again to continue; images already stored are skipped).",
@@ -194,19 +189,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--weights: no such file: {args.weights}")
     if args.images_root is not None and not Path(args.images_root).is_dir():
         parser.error(f"--images-root: no such folder: {args.images_root}")
-    try:
+
+    def command() -> int:
         report = extract_vectors(args.metadata_csv, args.vector_dir, images_root=args.images_root,
                                  model=args.model, weights=args.weights, batch_size=args.batch_size,
                                  workers=args.workers, progress=not args.quiet)
-    except (MetadataError, StoreError, BackboneError, ValueError) as error:
-        print(f"extract_vectors.py: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nextract_vectors.py: interrupted; what was stored is kept, run the same command "
-              "again to resume", file=sys.stderr)
-        return 130
-    print(report.summary(Path(args.vector_dir)))
-    return 0
+        print(report.summary(Path(args.vector_dir)))
+        return 0
+
+    return run_command("extract_vectors.py", command, (MetadataError, StoreError, BackboneError, ValueError),
+                       "what was stored is kept, run the same command again to resume")
 
 
 if __name__ == "__main__":

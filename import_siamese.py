@@ -23,8 +23,6 @@ resumes. Fix what the report lists (a --metadata CSV for ambiguous names) and ru
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import os
 import re
 import sys
@@ -38,9 +36,10 @@ import numpy as np
 from tqdm import tqdm
 
 from siamese.backbones import BACKBONES, DEFAULT_BACKBONE
-from siamese.metadata import parse_year
+from siamese.cli import Parser, run_command, write_csv_report
+from siamese.metadata import Columns, MetadataError, parse_year, read_metadata_columns
 from siamese.original_names import UrnRestorer
-from siamese.vector_store import StoreError, VectorStoreWriter, write_atomically
+from siamese.vector_store import StoreError, VectorStoreWriter
 
 REPORT_FILE = "import-report.csv"
 DEFAULT_DIMENSIONS = 2048  # the original's Inception v3 pool_3
@@ -74,43 +73,6 @@ class ImportReport:
         if self.notes:
             text += f"; {len(self.notes)} imported with a remark in {vector_dir / REPORT_FILE}"
         return text
-
-
-@dataclass(frozen=True)
-class _Row:
-    """A metadata CSV row: what it replaces of an item, and its other columns."""
-
-    path: str | None
-    date: str | None
-    metadata: dict[str, str]
-
-
-def read_metadata_columns(csv_path: str | os.PathLike) -> dict[str, _Row]:
-    """{urn: row} of the optional metadata CSV; only `urn` is required, the first row of a urn is kept."""
-    csv_path = Path(csv_path)
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = [name.strip() for name in reader.fieldnames or []]
-            if "urn" not in columns:
-                raise SiameseImportError(f"{csv_path}: no 'urn' column; the metadata CSV needs a header row "
-                                         f"with urn (and any other columns), found {columns or 'no header'}")
-            reader.fieldnames = columns
-            rows: dict[str, _Row] = {}
-            for row in reader:
-                urn = (row.get("urn") or "").strip()
-                if not urn or urn in rows:
-                    continue
-                values = {name: (value or "").strip() for name, value in row.items() if name is not None}
-                rows[urn] = _Row(values.pop("path", "") or None, values.pop("date", "") or None,
-                                 {name: value for name, value in values.items() if name != "urn"})
-            return rows
-    except FileNotFoundError:
-        raise SiameseImportError(f"metadata CSV not found: {csv_path}") from None
-    except UnicodeDecodeError as error:
-        raise SiameseImportError(f"{csv_path}: not UTF-8 text ({error})") from None
-    except (csv.Error, OSError) as error:
-        raise SiameseImportError(f"{csv_path}: not a readable CSV ({error})") from None
 
 
 def scan(old_dir: Path, problems: list[tuple[str, str, str]]) -> list[tuple[int, str]]:
@@ -154,15 +116,12 @@ def read_vector(path: Path, n_dimensions: int) -> np.ndarray | str:
 
 def write_report(vector_dir: Path, report: ImportReport) -> None:
     """VECTOR_DIR/import-report.csv: file, urn, imported (yes/no), reason; replaced atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["file", "urn", "imported", "reason"])
-    writer.writerows((file, urn, "no", reason) for file, urn, reason in report.problems)
-    writer.writerows((file, urn, "yes", reason) for file, urn, reason in report.notes)
-    write_atomically(vector_dir / REPORT_FILE, buffer.getvalue().encode("utf-8"))
+    write_csv_report(vector_dir / REPORT_FILE, ["file", "urn", "imported", "reason"],
+                     [*((file, urn, "no", reason) for file, urn, reason in report.problems),
+                      *((file, urn, "yes", reason) for file, urn, reason in report.notes)])
 
 
-def _items(files: list[tuple[int, str]], restorer: UrnRestorer, rows: dict[str, _Row],
+def _items(files: list[tuple[int, str]], restorer: UrnRestorer, rows: dict[str, Columns],
            report: ImportReport) -> Iterator[tuple[str, dict | None]]:
     """(relative file, item) for every file; the item is None (and the reason reported) when the file's
     urn cannot be restored."""
@@ -209,7 +168,10 @@ def import_siamese(old_dir: str | os.PathLike, vector_dir: str | os.PathLike,
         raise SiameseImportError(f"batch_size must be a positive whole number, got {batch_size}")
     if n_dimensions is None:
         n_dimensions = BACKBONES[model].n_dimensions if model in BACKBONES else DEFAULT_DIMENSIONS
-    rows = read_metadata_columns(metadata_csv) if metadata_csv is not None else {}
+    try:
+        rows = read_metadata_columns(metadata_csv) if metadata_csv is not None else {}
+    except MetadataError as error:
+        raise SiameseImportError(str(error)) from None
     restorer = UrnRestorer(rows, dashes_as_colons)
     report = ImportReport()
     files = scan(old_dir, report.problems)
@@ -261,7 +223,7 @@ def import_siamese(old_dir: str | os.PathLike, vector_dir: str | os.PathLike,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="import_siamese.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Import the original Siamese's vector folder (OLD_VECTOR_DIR/<YEAR>/<NAME>.npy) into "
                     "a vector store.", epilog=__doc__.split("\n\n", 2)[2])
@@ -282,19 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def command() -> int:
         report = import_siamese(args.old_dir, args.vector_dir, args.metadata, model=args.model,
                                 dashes_as_colons=args.dashes_as_colons, batch_size=args.batch_size,
                                 progress=not args.quiet)
-    except (SiameseImportError, StoreError, OSError) as error:
-        print(f"import_siamese.py: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nimport_siamese.py: interrupted; what was imported is kept, run the same command again "
-              "to resume", file=sys.stderr)
-        return 130
-    print(report.summary(Path(args.vector_dir)))
-    return 0
+        print(report.summary(Path(args.vector_dir)))
+        return 0
+
+    return run_command("import_siamese.py", command, (SiameseImportError, StoreError, OSError),
+                       "what was imported is kept, run the same command again to resume")
 
 
 if __name__ == "__main__":

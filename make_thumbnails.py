@@ -10,8 +10,6 @@ Images that cannot be read are listed with the reason in THUMBNAIL_DIR/rejects.c
 
 from __future__ import annotations
 
-import argparse
-import csv
 import io
 import os
 import sys
@@ -22,6 +20,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from siamese.cli import Parser, run_command, write_csv_report
 from siamese.images import ImageRejected, open_rgb
 from siamese.metadata import MetadataError, read_metadata
 from siamese.thumbnails import thumbnail_filename
@@ -84,17 +83,13 @@ def make_thumbnails(metadata_csv: str | os.PathLike, thumbnail_dir: str | os.Pat
             if reason is not None:
                 rejects.append((urn, paths[urn], reason))
             bar.update(1)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["urn", "path", "reason"])
-    writer.writerows(sorted(rejects))
-    write_atomically(thumbnail_dir / REJECTS_FILE, buffer.getvalue().encode("utf-8"))
+    write_csv_report(thumbnail_dir / REJECTS_FILE, ["urn", "path", "reason"], sorted(rejects))
     counts["rejected"] = len(rejects)
     return counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="make_thumbnails.py",
         description="Write a JPEG thumbnail (at most --max-height pixels high, aspect kept) for every "
                     "image in the metadata CSV; existing thumbnails are kept, so re-running resumes.")
@@ -113,24 +108,21 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.images_root is not None and not Path(args.images_root).is_dir():
         parser.error(f"--images-root: no such folder: {args.images_root}")
-    started = time.perf_counter()
-    try:
+
+    def command() -> int:
+        started = time.perf_counter()
         counts = make_thumbnails(args.metadata_csv, args.thumbnail_dir, args.images_root,
                                  args.max_height, args.quality, args.workers, not args.quiet)
-    except (MetadataError, ValueError, OSError) as error:
-        print(f"make_thumbnails.py: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nmake_thumbnails.py: interrupted; finished thumbnails are kept, run again to resume",
-              file=sys.stderr)
-        return 130
-    seconds = time.perf_counter() - started
-    text = (f"{counts['written']} thumbnails written, {counts['skipped']} already there "
-            f"in {seconds:.1f} s")
-    if counts["rejected"]:
-        text += f"; {counts['rejected']} rejected, see {Path(args.thumbnail_dir) / REJECTS_FILE}"
-    print(text)
-    return 0
+        seconds = time.perf_counter() - started
+        text = (f"{counts['written']} thumbnails written, {counts['skipped']} already there "
+                f"in {seconds:.1f} s")
+        if counts["rejected"]:
+            text += f"; {counts['rejected']} rejected, see {Path(args.thumbnail_dir) / REJECTS_FILE}"
+        print(text)
+        return 0
+
+    return run_command("make_thumbnails.py", command, (MetadataError, ValueError, OSError),
+                       "finished thumbnails are kept, run again to resume")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+"""What every command-line tool shares: one-line usage errors, CSV reports, and how a run ends.
+
+A researcher running five tools should meet one convention: a mistake is one line naming the tool
+and what is wrong (exit status 2), Ctrl-C says what was kept and how to resume (130), a closed output
+pipe (`| head`) ends quietly (141), and the reports of rows or files that were skipped are CSV files
+replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from siamese.vector_store import write_atomically
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus a pointer to --help), like every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def write_csv_report(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """A report of what a run skipped (rejects.csv, import-report.csv), replaced atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_atomically(path, buffer.getvalue().encode("utf-8"))
+
+
+def run_command(prog: str, command: Callable[[], int], errors: tuple[type[BaseException], ...],
+                interrupted: str) -> int:
+    """Run `command`, turning the expected failures into the shared convention.
+
+    `errors`: the exceptions that mean bad input or a bad file (a one-line message, status 2);
+    `interrupted`: what to tell after Ctrl-C (what was kept, how to resume).
+    """
+    try:
+        return command()
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error of ours or of the input
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except errors as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error  # not its repr
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted; {interrupted}", file=sys.stderr)
+        return 130
