@@ -161,7 +161,7 @@ def compare(torch_python: str) -> int:
     cos = cosines(got, expected)
     convs = [x for x in model.layers if isinstance(x, keras.layers.Conv2D)]
     depth_order = [x.name for x in convs]
-    created = [x.name for x in sorted(convs, key=inc._creation_index)]
+    created = [x.name for x in sorted(convs, key=inc.creation_index)]
     print(f"images: {len(images)} ({sum(n.startswith('emoji') for n in names)} emoji, "
           f"{sum(n.startswith('photo') for n in names)} photos, "
           f"{sum(n.startswith(('synthetic', 'flat')) for n in names)} synthetic/flat)")

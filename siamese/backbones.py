@@ -216,6 +216,13 @@ def shared_embedder(name: str, weights: str | os.PathLike | None = None) -> Embe
         return _shared[key]
 
 
+def unload_shared(name: str, weights: str | os.PathLike | None = None) -> None:
+    """Forget the shared embedder of backbone `name` (its memory is freed when no caller holds it);
+    the next shared_embedder call loads it again."""
+    with _shared_lock:
+        _shared.pop((name, None if weights is None else os.fspath(weights)), None)
+
+
 def _one_at_a_time(embedder: Embedder) -> Embedder:
     """The embedder, called by one thread at a time: a model already uses every core for one batch."""
     lock = threading.Lock()

@@ -208,7 +208,7 @@ def _conv_units(tensors: dict[str, np.ndarray]) -> list[tuple[str, tuple[np.ndar
     return units
 
 
-def _creation_index(layer: keras.layers.Layer) -> int:
+def creation_index(layer: keras.layers.Layer) -> int:
     """Creation order of an auto-named layer ("conv2d" = 0, "conv2d_17" = 17).
 
     ``model.layers`` is sorted by graph depth, which interleaves the branches of an Inception
@@ -260,7 +260,7 @@ def build_keras_inception_v3_2015(tensors: dict[str, np.ndarray] | None) -> kera
     if tensors is None:
         return model
     units = _conv_units(tensors)
-    convs = sorted((x for x in model.layers if isinstance(x, keras.layers.Conv2D)), key=_creation_index)
+    convs = sorted((x for x in model.layers if isinstance(x, keras.layers.Conv2D)), key=creation_index)
     bn_after = {
         id(x.input): x for x in model.layers if isinstance(x, keras.layers.BatchNormalization)
     }

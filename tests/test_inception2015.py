@@ -74,7 +74,7 @@ def test_model_shape_parameter_count_and_mixed10_max_pool(model):
 def test_weights_are_set_not_random(model, tensors):
     import keras
 
-    first = min((x for x in model.layers if isinstance(x, keras.layers.Conv2D)), key=inc._creation_index)
+    first = min((x for x in model.layers if isinstance(x, keras.layers.Conv2D)), key=inc.creation_index)
     np.testing.assert_array_equal(
         first.kernel.numpy(), tensors["net.layers.conv.weight"].transpose(2, 3, 1, 0)
     )

@@ -346,4 +346,6 @@ def test_the_model_is_loaded_once_per_process_even_by_concurrent_first_uploads(m
     assert len(loads) == 1 and len(got) == 8 and all(embedder is got[0] for embedder in got)
     batch = np.zeros((2, 8, 8, 3), np.uint8)
     np.testing.assert_array_equal(got[0](batch), backbones.colour_histogram(batch))
-    backbones._shared.pop((fake.name, None))
+    backbones.unload_shared(fake.name)
+    assert backbones.shared_embedder(fake.name) is not got[0] and len(loads) == 2  # loaded again
+    backbones.unload_shared(fake.name)
