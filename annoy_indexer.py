@@ -2,6 +2,7 @@
 
     python annoy_indexer.py build VECTOR_DIR INDEX_DIR [--steps 10 1] [--metric euclidean] [--trees N]
     python annoy_indexer.py query VECTOR_DIR INDEX_DIR URN [--nns 5] [--step 10] [--vectors]
+    python annoy_indexer.py verify VECTOR_DIR INDEX_DIR
 
 One Annoy index covers the whole collection and one covers each period (1940-1949, 1950-1959, ... and
 1940, 1941, ... for steps 10 and 1), so "the 10 most similar images of 1953" is a search in the 1953
@@ -47,6 +48,7 @@ from siamese.index_build import (
     step_sizes_of,
 )
 from siamese.index_dir import WHOLE, built_step_sizes, read_manifest
+from siamese.index_dir import verify as verify_indices
 from siamese.projection import METRICS, exact_distances
 from siamese.search import SearchSettings
 from siamese.vector_store import StoreError, VectorStore
@@ -313,13 +315,53 @@ def _parser() -> argparse.ArgumentParser:
                        help="only this step size (default: every step size the index dir was built with)")
     query.add_argument("--vectors", action="store_true", help="include the vectors in the JSON")
     query.add_argument("--quiet", action="store_true", help="no progress bars if indices must be built")
+
+    verify = commands.add_parser(
+        "verify", help="check every stored byte and index file against its checksum",
+        description="Check the vector store (every row against its checksum, values in range) and every "
+                    "index file (size and checksum). Says what is damaged and how to repair it; exit "
+                    "status 0 when all is well, 1 when something is damaged.")
+    verify.add_argument("vector_dir", metavar="VECTOR_DIR", help="the vector store")
+    verify.add_argument("index_dir", metavar="INDEX_DIR", help="the index directory")
     return parser
+
+
+def verify_collection(vector_dir: Path, index_dir: Path) -> int:
+    """The `verify` command: what is damaged, and how to repair it."""
+    damaged = False
+    try:
+        store = VectorStore(vector_dir)
+        store.verify()
+    except StoreError as error:
+        print(f"damaged: {error}")
+        return 1
+    if not store.has_checksums:
+        print(f"warning: {vector_dir} was written before stores had checksums: its rows cannot be checked; "
+              "appending to it (extract_vectors.py) records checksums from then on")
+    unusable = store.count_unusable_rows()
+    if unusable:
+        damaged = True
+        print(f"damaged: {unusable} rows of {vector_dir} hold NaN, infinite or out-of-range values; they "
+              "are never answered; re-extract into a new vector directory to drop them")
+    else:
+        print(f"ok: {vector_dir}: {store.count:,} rows match their checksums")
+    checked, problems = verify_indices(Path(index_dir))
+    for problem in problems:
+        print(f"damaged: {problem}")
+    if problems:
+        print(f"repair: python annoy_indexer.py build {vector_dir} {index_dir} rebuilds the damaged indices "
+              "(--force rebuilds everything)")
+    else:
+        print(f"ok: {index_dir}: {checked} index files match their checksums")
+    return 1 if damaged or problems else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
 
     def command() -> int:
+        if arguments.command == "verify":
+            return verify_collection(Path(arguments.vector_dir), Path(arguments.index_dir))
         if arguments.command == "build":
             indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir, metric=arguments.metric,
                                    step_sizes=arguments.steps, n_trees=arguments.trees,

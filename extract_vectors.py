@@ -29,7 +29,7 @@ from siamese.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, Embedd
 from siamese.cli import Parser, run_command, write_csv_report
 from siamese.images import ImageRejected, load_model_input
 from siamese.metadata import MetadataError, Record, read_metadata
-from siamese.vector_store import StoreError, VectorStoreWriter
+from siamese.vector_store import StoreError, VectorStoreWriter, unusable_rows
 
 REJECTS_FILE = "rejects.csv"
 
@@ -121,9 +121,16 @@ def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLi
         def flush() -> None:
             nonlocal rejects_written
             if batch_records:
-                vectors = embedder(np.stack(batch_pixels))
-                store.append(vectors, [record.to_item() for record in batch_records])
-                report.stored += len(batch_records)
+                vectors = np.asarray(embedder(np.stack(batch_pixels)), dtype=np.float32)
+                unusable = unusable_rows(vectors)  # a model gone wrong must not poison the store
+                for record in (record for record, bad in zip(batch_records, unusable, strict=True) if bad):
+                    report.rejects.append((record.urn, record.path, "the model gave NaN, infinite or "
+                                                                    "out-of-range values"))
+                keep = [record.to_item() for record, bad in zip(batch_records, unusable, strict=True)
+                        if not bad]
+                if keep:
+                    store.append(vectors[~unusable], keep)
+                report.stored += len(keep)
                 batch_pixels.clear()
                 batch_records.clear()
             if len(report.rejects) != rejects_written:

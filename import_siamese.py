@@ -39,7 +39,7 @@ from siamese.backbones import BACKBONES, DEFAULT_BACKBONE
 from siamese.cli import Parser, run_command, write_csv_report
 from siamese.metadata import Columns, MetadataError, parse_year, read_metadata_columns
 from siamese.original_names import UrnRestorer
-from siamese.vector_store import StoreError, VectorStoreWriter
+from siamese.vector_store import MAX_ABS_VALUE, StoreError, VectorStoreWriter, unusable_rows
 
 REPORT_FILE = "import-report.csv"
 DEFAULT_DIMENSIONS = 2048  # the original's Inception v3 pool_3
@@ -109,9 +109,11 @@ def read_vector(path: Path, n_dimensions: int) -> np.ndarray | str:
         return f"bad file: dtype {array.dtype}, expected floats"
     if array.shape != (n_dimensions,):
         return f"bad file: shape {array.shape}, expected ({n_dimensions},)"
-    if not np.isfinite(array).all():
-        return "bad file: NaN or infinite values"
-    return array.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 becomes inf in float32: refused below
+        vector = array.astype(np.float32)
+    if unusable_rows(vector[None, :])[0]:
+        return f"bad file: NaN, infinite or out-of-range values (beyond {MAX_ABS_VALUE:g})"
+    return vector
 
 
 def write_report(vector_dir: Path, report: ImportReport) -> None:

@@ -1,15 +1,19 @@
 """A collection as the web app and notebooks see it: one vector store, its search core, its thumbnails.
 
 Everything is opened once and then only read (thread-safe). The store is opened once and shared with
-the search core, so a process holds one copy of the items. When the store grew since the indices were
-built, the missing indices are built before anything is answered: an answer never mixes old indices
-with new rows.
+the search core, so a process holds one copy of the items. One consistent snapshot: when the store
+grew since the indices were built, the missing indices are built before anything is answered (an
+answer never mixes old indices with new rows); when the indices were built for a newer state of the
+store than the one opened (an extraction and a build finished meanwhile), the store is opened again.
+A damaged index file is never memory-mapped: it is rebuilt before the collection opens. New data
+reaches a running server when it is started again.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +24,7 @@ from PIL import Image
 from siamese import answers
 from siamese.backbones import Embedder, embed_image
 from siamese.index_build import IndexConfig, build_indices
-from siamese.index_dir import WHOLE, built_step_sizes, read_manifest
+from siamese.index_dir import WHOLE, IndexDamaged, built_step_sizes, read_manifest
 from siamese.search import Query, SearchCore, SearchSettings
 from siamese.thumbnails import Thumbnails
 from siamese.vector_store import VectorStore
@@ -51,6 +55,13 @@ class Collection:
         self.thumbnails = Thumbnails(thumbnail_dir)
         self.store = VectorStore(self.vector_dir)
         manifest = read_manifest(self.index_dir)
+        for _ in range(3):  # indices of a newer state of the store: open the store as it is now
+            built_for = (manifest or {}).get("store") or {}
+            if not isinstance(built_for.get("count"), int) or built_for["count"] <= self.store.count:
+                break
+            self.store = VectorStore(self.vector_dir)
+            manifest = read_manifest(self.index_dir)
+        self.store.verify()  # every committed byte against its checksum (StoreError naming the rows)
         if config is None:
             steps = built_step_sizes(manifest) if manifest else []
             if not steps:
@@ -63,9 +74,13 @@ class Collection:
             build_indices(self.store, self.index_dir, config, n_jobs=n_jobs, verbose=verbose)
         try:
             self.core = SearchCore(self.store, self.index_dir, list(config.step_sizes), settings)
-        except FileNotFoundError:  # an index deleted behind the manifest's back: build it again
+        except (FileNotFoundError, IndexDamaged) as error:  # deleted or damaged behind the manifest's back
+            print(f"{error}\nrebuilding what is missing or damaged", file=sys.stderr)
             build_indices(self.store, self.index_dir, config, n_jobs=n_jobs, verbose=verbose)
-            self.core = SearchCore(self.store, self.index_dir, list(config.step_sizes), settings)
+            try:
+                self.core = SearchCore(self.store, self.index_dir, list(config.step_sizes), settings)
+            except (FileNotFoundError, IndexDamaged) as again:
+                raise CollectionError(f"{again}; the rebuild did not repair it") from None
         self.steps: list[int] = list(config.step_sizes)
         self.metric: str = config.metric
         years = self.store.years()

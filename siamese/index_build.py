@@ -125,8 +125,10 @@ def build_indices(store: VectorStore, index_dir: str | Path, config: IndexConfig
 
     Safe to interrupt: re-running keeps what was finished. `on_index_written(key)` is called after each
     index is written and recorded (progress reporting; an exception there interrupts the build).
+    The store is verified against its checksums first: damaged vectors are never indexed.
     """
     started = time.perf_counter()
+    store.verify()
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     with layout.build_lock(index_dir):
@@ -158,20 +160,26 @@ def index_groups(years: np.ndarray, step_sizes: Iterable[int]) -> dict[str, tupl
 
 def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexConfig, settings: dict,
            n_jobs: int, verbose: bool, on_index_written: Callable[[str], None] | None) -> BuildReport:
+    """Write the stale indices as a pending generation, then promote it whole (index_dir.py says why)."""
     clock = time.perf_counter()
-    project, refitted = _projection(index_dir, manifest, store, config.metric, settings)
+    pending = manifest.setdefault("pending", {"projection": None, "indices": {}})
+    project, recorded, refitted = _projection(index_dir, manifest, store, config.metric, settings)
     # what an index's content depends on besides its rows; in its file names, so that a rebuilt index
     # never overwrites a file that a reader may have memory-mapped
-    salt = f"{manifest['projection']['sha1']}:{config.metric}:{settings['n_trees']}:".encode()
+    salt = f"{recorded['sha1']}:{config.metric}:{settings['n_trees']}:".encode()
     years = store.years()
     groups = index_groups(years, config.step_sizes)
-    indices = manifest["indices"]
+    current = {} if refitted else manifest["indices"]
     report = BuildReport()
-    stale = {}
+    ready, stale = {}, {}
     for key, (_, rows) in groups.items():
         fingerprint = hashlib.sha1(salt + rows.astype("<i8").tobytes()).hexdigest()
-        entry = indices.get(key)
-        if entry is None or entry.get("fingerprint") != fingerprint or layout.missing_files(index_dir, entry):
+        for entry in (pending["indices"].get(key), current.get(key)):  # resumed first, then reused
+            if entry is not None and entry.get("fingerprint") == fingerprint \
+                    and layout.damage(index_dir, entry) is None:
+                ready[key] = entry
+                break
+        else:
             stale[key] = fingerprint
         if not len(rows):
             report.empty += 1
@@ -179,8 +187,6 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
             report.built += 1
         else:
             report.up_to_date += 1
-    if refitted:
-        manifest["complete"] = {}  # indices of other step sizes were built with the old projection
     needed = [groups[key][1] for key in stale]
     projected = _project_rows(store, project, np.unique(np.concatenate(needed)), verbose) \
         if needed and project.components is not None else None
@@ -197,16 +203,20 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
                 names = layout.file_names(key, fingerprint, with_scan=projected is not None)
                 write_index(index_dir, names, rows, store, project, projected, annoy_metric,
                             settings["n_trees"], n_jobs)
-                entry.update(names)
-            replaced = indices.get(key)
-            indices[key] = entry
+                entry.update(layout.describe_files(index_dir, names))
+            pending["indices"][key] = ready[key] = entry
             layout.write_manifest(index_dir, manifest)  # after each index: an interrupted build resumes
-            layout.remove_replaced(index_dir, replaced, entry)
             group = key.split("/")[0]
             seconds[group] = seconds.get(group, 0.0) + time.perf_counter() - clock
             progress.update()
             if on_index_written is not None:
                 on_index_written(key)
+    # promotion: readers switch from the previous complete generation to this one in one rename
+    manifest["indices"] = {**current, **ready}
+    manifest["projection"] = recorded
+    if refitted:
+        manifest["complete"] = {}  # indices of other step sizes were built with the old projection
+    del manifest["pending"]
     layout.mark_complete(manifest, store, list(config.step_sizes),
                          [int(years.min()), int(years.max())] if len(years) else None)
     layout.write_manifest(index_dir, manifest)
@@ -215,28 +225,36 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
 
 
 def _projection(index_dir: Path, manifest: dict, store: VectorStore, metric: str,
-                settings: dict) -> tuple[Projection, bool]:
-    """The manifest's projection, or a new one when there is none or it was fitted on too few rows.
+                settings: dict) -> tuple[Projection, dict, bool]:
+    """(projection, its manifest record, whether it replaces the current one).
 
-    A projection fitted on the first 500 images of what becomes a 400,000-image collection would
-    choose poor candidates, so it is refitted (and every index rebuilt) while the collection holds
-    more than twice the rows it was fitted on, up to PROJECTION_SAMPLE rows.
+    The current projection is kept unless there is none, it was fitted on too few rows, or it has no
+    checksum (an older version's): a projection fitted on the first 500 images of what becomes a
+    400,000-image collection would choose poor candidates, so it is refitted (and every index rebuilt)
+    while the collection holds more than twice the rows it was fitted on, up to PROJECTION_SAMPLE rows.
+    A refit goes into the pending generation; an interrupted one is resumed, not fitted again.
     """
     k = settings["index_dimensions"]
-    recorded = manifest["projection"]
+    current, pending = manifest["projection"], manifest["pending"]
     if k >= store.n_dimensions:  # the vectors as they are
-        manifest["projection"] = {"sha1": "none", "index_dimensions": k}
-        return Projection(metric), recorded != manifest["projection"]
+        record = {"sha1": "none", "index_dimensions": k}
+        return Projection(metric), record, record != current
+    if pending.get("projection"):
+        return layout.read_projection(index_dir, metric, pending["projection"]), pending["projection"], True
     enough = min(store.count, PROJECTION_SAMPLE)
-    if recorded and recorded.get("file") and recorded["fitted_on"] * 2 >= enough:
-        return layout.read_projection(index_dir, manifest), False
+    if current and current.get("file") and current.get("checksum") and current["fitted_on"] * 2 >= enough:
+        try:
+            return layout.read_projection(index_dir, metric, current), current, False
+        except layout.IndexDamaged:
+            pass  # fitted again below, and every index rebuilt with it
     projection, kept, fitted_on = fit_projection(store.vectors, metric, k)
     sha1 = hashlib.sha1(projection.mean.tobytes() + projection.components.tobytes()
                         + metric.encode()).hexdigest()
-    name = layout.save_projection(index_dir, projection, sha1)
-    manifest["projection"] = {"file": name, "sha1": sha1, "index_dimensions": k, "fitted_on": fitted_on,
-                              "variance_kept": round(kept, 4)}
-    return projection, True
+    record = {**layout.save_projection(index_dir, projection, sha1), "sha1": sha1, "index_dimensions": k,
+              "fitted_on": fitted_on, "variance_kept": round(kept, 4)}
+    pending["projection"] = record
+    layout.write_manifest(index_dir, manifest)  # the file is referenced before any index uses it
+    return projection, record, True
 
 
 def _project_rows(store: VectorStore, project: Projection, rows: np.ndarray, verbose: bool) -> np.ndarray:

@@ -10,6 +10,12 @@ under a temporary name and renamed into place, and the manifest is rewritten aft
 interrupted build resumes where it stopped and a reader never sees half an index. File names carry a
 fingerprint of the index's rows and settings: a rebuilt index never overwrites a file that a running
 reader has memory-mapped.
+
+Readers see one consistent generation: a build records what it writes under the manifest's
+"pending" key and promotes all of it at once when it is done (so a server started during a build,
+even one that refits the projection, finds the previous complete set). Each file's size and xxh3-64
+checksum are recorded when it is written and checked before it is memory-mapped: a damaged Annoy
+file is refused (and rebuilt by the next build), never handed to Annoy, which would crash on it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from siamese.projection import Projection
 from siamese.vector_store import VectorStore, write_atomically
@@ -36,6 +43,10 @@ TEMPORARY_PREFIX = ".annoy-indexer-"
 LOCK = ".lock"
 OUR_FILE = re.compile(r"^((all|step\d+_-?\d+)\.[0-9a-f]{12}\.(ann|rows\.npy|scan\.npy)"
                       r"|projection\.[0-9a-f]{12}\.npy)$")  # what garbage collection may delete
+
+
+class IndexDamaged(ValueError):
+    """An index file is missing, truncated or changed since it was written; the message names it."""
 
 
 def read_manifest(index_dir: str | os.PathLike) -> dict | None:
@@ -110,8 +121,54 @@ def file_names(key: str, fingerprint: str, with_scan: bool) -> dict[str, str]:
     return names
 
 
-def missing_files(index_dir: Path, entry: dict) -> bool:
-    return any(not (index_dir / entry[name]).is_file() for name in FILES if name in entry)
+def file_checksum(path: Path) -> str:
+    """xxh3-64 of a file's bytes, read in chunks (about 20 GB/s from the page cache)."""
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_files(index_dir: Path, names: dict[str, str]) -> dict:
+    """What the manifest records of an index's files: their names, sizes and checksums."""
+    return {**names, "sizes": {kind: (index_dir / name).stat().st_size for kind, name in names.items()},
+            "checksums": {kind: file_checksum(index_dir / name) for kind, name in names.items()}}
+
+
+def damage(index_dir: Path, entry: dict, full: bool = True) -> str | None:
+    """Why an index entry's files cannot be used (missing, wrong size, changed, no checksum), or None.
+
+    `full` reads the files to compare their checksums; without it only names and sizes are checked."""
+    try:
+        check_entry(index_dir, "?", entry)
+    except IndexDamaged:
+        return "its entry in the manifest is damaged"
+    sizes, checksums = entry.get("sizes") or {}, entry.get("checksums") or {}
+    for kind in FILES:
+        if kind not in entry:
+            continue
+        path = index_dir / entry[kind]
+        if kind not in sizes or kind not in checksums:
+            return f"{path.name} has no recorded checksum (built by an older version)"
+        try:
+            size = path.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{path.name} is missing"
+        if size != sizes[kind]:
+            return f"{path.name} is {size:,} bytes, {sizes[kind]:,} when it was written"
+        if full and file_checksum(path) != checksums[kind]:
+            return f"{path.name} does not match its checksum: changed or damaged since it was written"
+    return None
+
+
+def check_entry(index_dir: Path, key: str, entry: object) -> dict:
+    """The manifest's entry of one index, checked for the fields a reader needs (IndexDamaged)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("count"), int) or entry["count"] < 0 or (
+            entry["count"] and not all(isinstance(entry.get(kind), str) for kind in ("annoy", "rows"))):
+        raise IndexDamaged(f"{index_dir / MANIFEST}: the entry of index {key} is damaged; rebuild with: "
+                           "python annoy_indexer.py build VECTOR_DIR INDEX_DIR --force")
+    return entry
 
 
 @contextlib.contextmanager
@@ -139,20 +196,31 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         os.replace(name, path)
 
 
-def save_projection(index_dir: Path, projection: Projection, sha1: str) -> str:
-    """Write the projection's file; returns its name for the manifest."""
+def save_projection(index_dir: Path, projection: Projection, sha1: str) -> dict:
+    """Write the projection's file; returns what the manifest records of it (name, checksum)."""
     name = f"projection.{sha1[:12]}.npy"
     save_npy(index_dir / name, np.vstack([projection.mean[None, :], projection.components.T]))
-    return name
+    return {"file": name, "checksum": file_checksum(index_dir / name)}
 
 
-def read_projection(index_dir: Path, manifest: dict) -> Projection:
-    """The manifest's projection (the identity when the vectors are indexed as they are)."""
-    name = (manifest.get("projection") or {}).get("file")
+def read_projection(index_dir: Path, metric: str, recorded: dict | None) -> Projection:
+    """A recorded projection (the identity when the vectors are indexed as they are); IndexDamaged
+    when its file is missing or changed."""
+    name = (recorded or {}).get("file")
     if not name:
-        return Projection(manifest["metric"])
-    saved = np.load(index_dir / name)  # row 0: the mean; rows 1..k: the components
-    return Projection(manifest["metric"], saved[0], np.ascontiguousarray(saved[1:].T))
+        return Projection(metric)
+    path = index_dir / name
+    try:
+        if recorded.get("checksum") != file_checksum(path):
+            raise IndexDamaged(f"{path} does not match its checksum; rebuild with: python annoy_indexer.py "
+                               "build VECTOR_DIR INDEX_DIR --force")
+        saved = np.load(path)  # row 0: the mean; rows 1..k: the components
+    except (OSError, ValueError) as error:
+        if isinstance(error, IndexDamaged):
+            raise
+        raise IndexDamaged(f"{path} cannot be read ({error}); rebuild with: python annoy_indexer.py build "
+                           "VECTOR_DIR INDEX_DIR --force") from None
+    return Projection(metric, saved[0], np.ascontiguousarray(saved[1:].T))
 
 
 @contextlib.contextmanager
@@ -170,15 +238,34 @@ def build_lock(index_dir: Path) -> Iterator[None]:
 def collect_garbage(index_dir: Path, manifest: dict) -> None:
     """Delete our index files that the manifest no longer names: replaced by --force, or left by a
     build interrupted between writing a file and recording it. Files of other tools are left alone."""
-    referenced = {entry[name] for entry in manifest["indices"].values() for name in FILES if name in entry}
+    pending = manifest.get("pending") or {}
+    entries = [*manifest["indices"].values(), *(pending.get("indices") or {}).values()]
+    referenced = {entry[name] for entry in entries for name in FILES if name in entry}
     referenced.add((manifest.get("projection") or {}).get("file"))
+    referenced.add((pending.get("projection") or {}).get("file"))
     for path in index_dir.iterdir():
         if OUR_FILE.match(path.name) and path.name not in referenced:
             path.unlink(missing_ok=True)
 
 
-def remove_replaced(index_dir: Path, replaced: dict | None, entry: dict) -> None:
-    """Delete the files of the index that `entry` replaces (a reader's memory map of them stays valid)."""
-    for name in FILES:
-        if replaced and name in replaced and replaced[name] != entry.get(name):
-            (index_dir / replaced[name]).unlink(missing_ok=True)
+def verify(index_dir: Path) -> tuple[int, list[str]]:
+    """Check every file the manifest names against its size and checksum: (files checked, problems).
+
+    Reads every index file once; what it finds is what the next build rebuilds."""
+    manifest = read_manifest(index_dir)
+    if manifest is None:
+        return 0, [f"{index_dir}: no indices built"]
+    problems, checked = [], 0
+    projection = manifest.get("projection") or {}
+    if projection.get("file"):
+        checked += 1
+        try:
+            read_projection(index_dir, manifest.get("metric", "euclidean"), projection)
+        except IndexDamaged as error:
+            problems.append(str(error))
+    for key, entry in sorted((manifest.get("indices") or {}).items()):
+        checked += sum(kind in entry for kind in FILES) if isinstance(entry, dict) else 1
+        problem = damage(index_dir, entry if isinstance(entry, dict) else {})
+        if problem is not None:
+            problems.append(f"index {key}: {problem}")
+    return checked, problems

@@ -335,14 +335,40 @@ def test_an_interrupted_build_resumes_keeping_what_was_finished(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         build_indices(VectorStore(store_dir), tmp_path / "indices", IndexConfig(), verbose=False,
                       on_index_written=interrupt_after_five)
-    recorded = read_manifest(tmp_path / "indices")["indices"]
-    assert set(calls) <= set(recorded)
+    interrupted = read_manifest(tmp_path / "indices")
+    recorded = interrupted["pending"]["indices"]  # written, but not yet what readers see
+    assert set(calls) <= set(recorded) and interrupted["indices"] == {} and interrupted["complete"] == {}
     kept = {key: recorded[key] for key in calls}
     report = indexer.build()
     assert report["built"] == 16 - len(calls)
     manifest = read_manifest(tmp_path / "indices")
-    assert {key: manifest["indices"][key] for key in calls} == kept
+    assert {key: manifest["indices"][key] for key in calls} == kept and "pending" not in manifest
     assert indexer.query_all("urn:test:3")["steps"]["10"]
+
+
+def test_readers_see_the_previous_generation_until_a_build_is_done(tmp_path):
+    """A server started while a build refits the projection (or adds rows) serves the complete set
+    built before, never a mixture and never "no indices"."""
+    store_dir = make_store(tmp_path / "vectors", n=300, dim=16)
+    config = IndexConfig(index_dimensions=6)
+    build_indices(VectorStore(store_dir), tmp_path / "indices", config, verbose=False)
+    before = read_manifest(tmp_path / "indices")
+    vectors, items = synthetic(700, 16, seed=8, start=300)  # 1,000 rows: more than twice the fit's 300
+    with VectorStoreWriter(store_dir, "test-model", 16) as writer:
+        writer.append(vectors, items)
+    seen = []
+
+    def look(key: str) -> None:
+        manifest = read_manifest(tmp_path / "indices")
+        seen.append((manifest["indices"], manifest["projection"], manifest["complete"]))
+
+    report = build_indices(VectorStore(store_dir), tmp_path / "indices", config, verbose=False,
+                           on_index_written=look)
+    assert report.built > 1 and seen
+    assert all(view == (before["indices"], before["projection"], before["complete"]) for view in seen)
+    after = read_manifest(tmp_path / "indices")
+    assert after["projection"]["fitted_on"] == 1000 != before["projection"]["fitted_on"]
+    assert AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).query("urn:test:999", n=3)
 
 
 def test_deleted_index_files_are_rebuilt_alone(tmp_path):
