@@ -24,7 +24,7 @@ from siamese.cli import Parser, run_command, write_csv_report
 from siamese.images import ImageRejected, open_rgb
 from siamese.metadata import MetadataError, read_metadata
 from siamese.thumbnails import thumbnail_filename
-from siamese.vector_store import write_atomically
+from siamese.vector_store import remove_stale_temporaries, write_atomically
 
 REJECTS_FILE = "rejects.csv"
 __all__ = ["make_thumbnail", "make_thumbnails", "thumbnail_filename"]  # the name rule: siamese/thumbnails.py
@@ -69,6 +69,7 @@ def make_thumbnails(metadata_csv: str | os.PathLike, thumbnail_dir: str | os.Pat
     root = Path(images_root) if images_root is not None else metadata_csv.parent
     records, rejected_rows = read_metadata(metadata_csv)
     thumbnail_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(thumbnail_dir)  # half-written thumbnails of a killed run
     tasks = [(record.urn, str(record.resolve(root)),
               str(thumbnail_dir / thumbnail_filename(record.urn)), max_height, quality)
              for record in records]

@@ -30,12 +30,20 @@ def describe(item: dict, distance: float | None = None) -> dict:
     return described
 
 
+def vector_list(vector: np.ndarray) -> list[float | None]:
+    """A stored vector for JSON: a value JSON cannot hold (only in a store written before such rows
+    were refused; `annoy_indexer.py verify` counts them) becomes null instead of failing the answer."""
+    if np.isfinite(vector).all():
+        return vector.tolist()
+    return [value if np.isfinite(value) else None for value in vector.tolist()]
+
+
 def item_answer(store: VectorStore, row: int, vectors: bool = False) -> dict:
     """{"urn", "metadata": {date, year, path, ...columns}} (+ "vector") for one row of the store."""
     described = describe(store.items[row])
     answer = {"urn": described.pop("urn"), "metadata": described}
     if vectors:
-        answer["vector"] = store.vectors[row].tolist()
+        answer["vector"] = vector_list(store.vectors[row])
     return answer
 
 
@@ -47,7 +55,7 @@ def neighbour_list(store: VectorStore, rows: np.ndarray, distances: np.ndarray,
     for row, distance in zip(rows.tolist(), distances.tolist(), strict=True):
         neighbour = describe(items[row], distance)
         if vectors:
-            neighbour["vector"] = store.vectors[row].tolist()
+            neighbour["vector"] = vector_list(store.vectors[row])
         found.append(neighbour)
     return found
 

@@ -45,6 +45,9 @@ OUR_FILE = re.compile(r"^((all|step\d+_-?\d+)\.[0-9a-f]{12}\.(ann|rows\.npy|scan
                       r"|projection\.[0-9a-f]{12}\.npy)$")  # what garbage collection may delete
 
 
+REBUILD = "rebuild them with: python annoy_indexer.py build VECTOR_DIR INDEX_DIR --force --steps 10 1"
+
+
 class IndexDamaged(ValueError):
     """An index file is missing, truncated or changed since it was written; the message names it."""
 
@@ -57,9 +60,9 @@ def read_manifest(index_dir: str | os.PathLike) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable index manifest ({error})") from None
+        raise ValueError(f"{path}: unreadable index manifest ({error}); {REBUILD}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a manifest of annoy_indexer.py indices")
+        raise ValueError(f"{path} is not a manifest of annoy_indexer.py indices (damaged?); {REBUILD}")
     if manifest.get("version") != VERSION:
         raise ValueError(f"{path}: manifest version {manifest.get('version')!r}, this code reads "
                          f"version {VERSION}; rebuild with build(force=True) / --force")

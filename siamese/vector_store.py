@@ -55,6 +55,26 @@ def unusable_rows(vectors: np.ndarray) -> np.ndarray:
         return ~np.isfinite(vectors).all(axis=1) | (np.abs(vectors) > MAX_ABS_VALUE).any(axis=1)
 
 
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete write_atomically's temporary files that a killed process left in `directory` (those of
+    processes still running are theirs to finish); returns how many were deleted."""
+    removed = 0
+    for path in directory.glob(".*.tmp"):
+        pid = path.name.rsplit(".", 2)[-2].split("-")[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # running, as another user
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 class StoreError(ValueError):
     """The vector directory is missing, is not a store, or does not fit what was asked of it."""
 
@@ -335,8 +355,7 @@ class VectorStoreWriter:
             self._lock.close()
             raise StoreError(f"{self.directory} is being written by another process") from None
         self.store = VectorStore(self.directory)  # re-read under the lock
-        for leftover in self.directory.glob(".*.tmp"):  # write_atomically's, from a killed writer
-            leftover.unlink(missing_ok=True)
+        remove_stale_temporaries(self.directory)  # write_atomically's, from a killed writer
         self._cut_uncommitted_tail()
         self.urns: set[str] = set(self.store.urns)
         if not self.store.has_checksums:

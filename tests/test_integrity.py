@@ -4,6 +4,7 @@ served and never handed to Annoy; unusable vectors are rejected row by row. Real
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -127,10 +128,14 @@ def test_a_store_from_before_checksums_gets_them_from_its_next_writer(tmp_path):
 
 def test_a_writer_cleans_temporary_files_that_a_killed_writer_left(tmp_path):
     store_dir = make_store(tmp_path / "vectors", n=20)
-    leftover = store_dir / f".{MANIFEST}.99999-1.tmp"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # a pid that no longer runs
+    leftover = store_dir / f".{MANIFEST}.{dead}-1.tmp"
     leftover.write_text("half a manifest")
+    running = store_dir / f".{MANIFEST}.{os.getpid()}-2.tmp"  # a live writer's: not ours to delete
+    running.write_text("being written")
     VectorStoreWriter(store_dir, "test-model", 16).close()
-    assert not leftover.exists()
+    assert not leftover.exists() and running.exists()
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, 1e20, -3e38])
