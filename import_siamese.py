@@ -171,11 +171,14 @@ def import_siamese(old_dir: str | os.PathLike, vector_dir: str | os.PathLike,
     if n_dimensions is None:
         n_dimensions = BACKBONES[model].n_dimensions if model in BACKBONES else DEFAULT_DIMENSIONS
     try:
-        rows = read_metadata_columns(metadata_csv) if metadata_csv is not None else {}
+        csv_rejects: list = []
+        rows = read_metadata_columns(metadata_csv, rejected=csv_rejects) if metadata_csv is not None else {}
     except MetadataError as error:
         raise SiameseImportError(str(error)) from None
     restorer = UrnRestorer(rows, dashes_as_colons)
     report = ImportReport()
+    report.problems.extend((str(metadata_csv), row.urn, f"metadata CSV: line {row.line}: {row.reason}")
+                           for row in csv_rejects)
     files = scan(old_dir, report.problems)
     with VectorStoreWriter(vector_dir, model, n_dimensions) as writer:
         # urn -> year of what is stored (to resume), and urn -> the file it came from in this run
