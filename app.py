@@ -3,7 +3,8 @@
     python app.py --vector-dir DIR --index-dir DIR [--thumbnails DIR] [--host 127.0.0.1] [--port 8080]
                   [--threads 8] [--debug]
 
-Serves the search page and a JSON API with waitress (a multi-threaded production WSGI server; the
+Serves the search page and a JSON API with waitress (a multi-threaded production WSGI server, set up in
+siamese/serving.py to stay up under adversity: many connections, slow or oversized requests; the
 threads share the memory-mapped vectors and indices); --debug uses Bottle's single-threaded development
 server instead and adds tracebacks to 500s. The metadata is the one the vector store holds.
 
@@ -34,10 +35,10 @@ than ignored, so that a typo is not answered with defaults the caller did not as
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +46,7 @@ from urllib.parse import urlencode
 
 import bottle
 
-from siamese import upload
+from siamese import serving, upload
 from siamese.assets import asset_dir
 from siamese.backbones import Embedder
 from siamese.cli import Parser
@@ -63,7 +64,7 @@ from siamese.params import (
     shorten,
 )
 from siamese.vector_store import StoreError
-from siamese.web import ApiError, error_body, json_answer, request_parameters
+from siamese.web import ApiError, App, error_body, json_answer, request_parameters
 
 __all__ = ["MAX_NNS", "Collection", "CollectionError", "main", "make_app", "serve_requests_in_parallel"]
 
@@ -130,9 +131,10 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
     """The WSGI application over one collection (tests build it over a small real one).
 
     To serve it from several threads with another WSGI server than `main`'s, call
-    serve_requests_in_parallel() first.
+    serve_requests_in_parallel() first (siamese.serving.serve is how `main` runs waitress). Every answer
+    carries the security headers of siamese/web.py (App), JSON ones Cache-Control: no-store.
     """
-    app = bottle.Bottle(catchall=True)
+    app = App(catchall=True)  # every answer with the security headers (siamese/web.py)
     page = render_page(collection)
 
     def route(path: str) -> Callable[[Callable], Callable]:
@@ -289,25 +291,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.thumbnails is None or not Path(args.thumbnails).is_dir():
         print(f"app.py: warning: no thumbnails{' in ' + args.thumbnails if args.thumbnails else ''}; "
               "make them with: python make_thumbnails.py METADATA_CSV THUMBNAIL_DIR", file=sys.stderr)
+    # Before the collection is opened: it keeps an index file open per period (siamese/serving.py).
+    open_files = serving.raise_open_file_limit()
     try:
         collection = Collection(args.vector_dir, args.index_dir, args.thumbnails, verbose=True)
     except (CollectionError, StoreError, ValueError, OSError) as error:
-        print(f"app.py: error: {error}", file=sys.stderr)
+        hint = ""
+        if isinstance(error, OSError) and error.errno == errno.EMFILE:
+            hint = (f"; the collection's index files need more than this process may open "
+                    f"({open_files or 'the limit'}): raise the hard limit (ulimit -Hn, or LimitNOFILE= "
+                    "in a systemd unit)")
+        print(f"app.py: error: {error}{hint}", file=sys.stderr)
         return 2
     app = make_app(collection, debug=args.debug)
     serve_requests_in_parallel()
-    print(f"{collection.count} images, step sizes {', '.join(map(str, collection.steps))}; "
-          f"serving on http://{args.host}:{args.port}/ (Ctrl-C stops)", file=sys.stderr)
+
+    def announce(host: str, port: int) -> None:
+        print(f"{collection.count} images, step sizes {', '.join(map(str, collection.steps))}; "
+              f"serving on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+
     if args.debug:
+        announce(args.host, args.port)
         bottle.run(app, host=args.host, port=args.port, debug=True)
     else:
-        import waitress
-
-        # With more visitors than threads, waitress warns of every queued request ("Task queue depth is
-        # N"): under load that is a line per request, which floods the log and, if stderr is a pipe
-        # nobody drains, blocks the server. Queueing is normal; errors are still logged.
-        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-        waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident="siamese")
+        # waitress, set up in siamese/serving.py: poll(), connection limits and timeouts, request sizes
+        # refused before they are read, its own errors in JSON, malloc arenas bounded.
+        serving.serve(app, args.host, args.port, args.threads, on_listening=announce)
     return 0
 
 

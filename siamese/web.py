@@ -1,4 +1,5 @@
-"""What every route module shares: JSON answers, strict query-string parameters, the API's errors.
+"""What every route module shares: JSON answers, strict query-string parameters, the API's errors, and
+the headers every answer carries.
 
 Route modules (app.py, siamese/upload.py, siamese/original_api.py) depend on this and on
 siamese/collection.py only; nothing below them knows about HTTP.
@@ -7,10 +8,25 @@ siamese/collection.py only; nothing below them knows about HTTP.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 
 import bottle
 
 from siamese.params import parse_query_string
+
+# The page is one HTML file, one script and one style sheet of this server; the collection's description
+# is a <script type="application/json"> block, which is data, never run, so no inline script or style
+# needs allowing. Thumbnails are this server's; blob: and data: are images the page makes itself (the
+# preview of an upload).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+                           "script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
+    ("X-Content-Type-Options", "nosniff"),  # a JSON answer or a thumbnail is never run as a script
+    ("X-Frame-Options", "DENY"),  # no other site frames the page (frame-ancestors, for old browsers)
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+)
+JSON_CACHE_CONTROL = "no-store"  # answers depend on the collection served now; thumbnails say their own
 
 
 class ApiError(bottle.HTTPError):
@@ -31,3 +47,33 @@ def request_parameters(route: str, allowed: tuple[str, ...]) -> dict[str, str]:
     """The request's query-string parameters, each at most once and all of them `allowed`
     (ParameterError otherwise, which the routes answer with a 400)."""
     return parse_query_string(bottle.request.environ.get("QUERY_STRING", ""), allowed, route)
+
+
+def with_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """`headers` plus SECURITY_HEADERS, and Cache-Control: no-store on a JSON answer; a header the
+    answer already has (a thumbnail's Cache-Control) is kept as it is."""
+    headers = list(headers)
+    present = {name.lower(): value for name, value in headers}
+    added = [(name, value) for name, value in SECURITY_HEADERS if name.lower() not in present]
+    if ("cache-control" not in present
+            and present.get("content-type", "").lower().startswith("application/json")):
+        added.append(("Cache-Control", JSON_CACHE_CONTROL))
+    return headers + added
+
+
+class App(bottle.Bottle):
+    """A Bottle application whose every answer carries SECURITY_HEADERS (and no-store on JSON).
+
+    Done where the WSGI status line and headers leave the application (start_response), not in an
+    after_request hook: Bottle replaces the response's headers with a fresh HTTPError's when a route
+    raises an unexpected exception, so a hook would miss exactly the 500s. Waitress's own error answers
+    (a request it refuses before the application sees it) get the same headers in siamese/serving.py.
+    """
+
+    def wsgi(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> Callable:
+            if exc_info is None:
+                return start_response(status, with_response_headers(headers))
+            return start_response(status, with_response_headers(headers), exc_info)
+
+        return super().wsgi(environ, start)

@@ -50,8 +50,13 @@ def chromium_browser():
 
 @contextmanager
 def fresh_page(browser, timeout_ms: int):
-    """A fresh page in its own context; fails the test if the page logs a JavaScript error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    """A fresh page in its own context; fails the test if the page logs a JavaScript error.
+
+    The page's Content-Security-Policy is bypassed: Playwright's wait_for_function compiles its
+    predicate with `new Function` in the page, which the policy (script-src 'self', no 'unsafe-eval')
+    refuses as soon as it polls. tests/test_serving.py checks the page under its policy, with locators.
+    """
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
     page = context.new_page()
     page.set_default_timeout(timeout_ms)
     errors: list[str] = []
