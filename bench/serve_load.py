@@ -22,6 +22,7 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -91,7 +92,7 @@ class Load:
             return True
 
 
-def client(url: str, urns: list[str], nns: int, step: int | None, load: Load, seed: int) -> None:
+def client(url: str, urns: list[str], nns: int, step: str | None, load: Load, seed: int) -> None:
     parts = urlsplit(url)
     rng = random.Random(seed)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
@@ -120,7 +121,7 @@ def client(url: str, urns: list[str], nns: int, step: int | None, load: Load, se
 
 
 def run(url: str, urns: list[str], clients: int, requests: int, duration: float, nns: int,
-        step: int | None) -> dict:
+        step: str | None) -> dict:
     def clients_on(load: Load, seed: int) -> float:
         threads = [threading.Thread(target=client, args=(url, urns, nns, step, load, seed + i))
                    for i in range(clients)]
@@ -135,7 +136,7 @@ def run(url: str, urns: list[str], clients: int, requests: int, duration: float,
     load = Load(requests, duration)
     seconds = clients_on(load, 0)
     latencies = np.array(load.latencies) * 1000
-    return {"step": "all" if step is None else str(step), "nns": nns, "clients": clients,
+    return {"step": "all" if step is None else step, "nns": nns, "clients": clients,
             "requests": len(latencies), "errors": len(load.errors), "seconds": seconds,
             "per_second": len(latencies) / seconds,
             "p50": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
@@ -168,16 +169,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60, help="seconds per run, at most (default: 60)")
     parser.add_argument("--nns", type=int, default=10, help="neighbours asked for (default: 10)")
     parser.add_argument("--step", nargs="+", default=["all"], metavar="S",
-                        help="'all' (whole collection) and/or step sizes; one run each (default: all)")
+                        help="'all' (whole collection) and/or step sizes, or lists of them as the page "
+                             "asks (all,1: the whole collection and the years in one answer); one run "
+                             "each (default: all)")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads of the server started")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1 or not 0 < args.duration <= 600:
         parser.error("--clients and --requests must be at least 1, --duration from 0 to 600 seconds")
-    try:
-        steps = [None if step == "all" else int(step) for step in args.step]
-    except ValueError:
-        parser.error("--step takes 'all' or whole numbers")
+    if not all(re.fullmatch(r"(all|\d+)(,(all|\d+))*", step) for step in args.step):
+        parser.error("--step takes 'all', whole numbers, or comma-separated lists of them (all,1)")
+    steps = [None if step == "all" else step for step in args.step]
     if args.url and urlsplit(args.url).hostname not in LOCAL_HOSTS:
         parser.error("--url must be a server on this machine (127.0.0.1 or localhost)")
     urns = VectorStore(args.data / "vectors").urns
