@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
+from siamese import images
 from siamese.images import ImageRejected, load_model_input, open_rgb
 
 
@@ -89,3 +90,23 @@ def test_bad_files_are_rejected_with_a_reason(tmp_path, kind):
     path, reason = broken_inputs(tmp_path)[kind]
     with pytest.raises(ImageRejected, match=reason):
         load_model_input(path, (299, 299))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_turned_as_exif_transpose_does(tmp_path, monkeypatch, orientation):
+    monkeypatch.setattr(images, "BAND_PIXELS", 200, raising=False)  # bands of a few rows, each turned
+    rng = np.random.default_rng(orientation)
+    image = Image.fromarray(rng.integers(0, 256, (23, 37, 4), dtype=np.uint8), "RGBA")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "turned.png", exif=exif)
+    with Image.open(tmp_path / "turned.png") as reference:
+        rgba = ImageOps.exif_transpose(reference).convert("RGBA")
+        expected = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    assert np.array_equal(np.asarray(open_rgb(tmp_path / "turned.png")), np.asarray(expected.convert("RGB")))
+
+
+def test_a_reduced_image_is_at_least_the_size_asked_for(tmp_path):
+    Image.new("L", (1000, 700), 90).save(tmp_path / "g.png")
+    assert open_rgb(tmp_path / "g.png", draft_size=(300, 200)).size == (334, 234)  # reduced 3 times
+    assert open_rgb(tmp_path / "g.png", draft_size=(600, 400)).size == (1000, 700)  # not even twice
