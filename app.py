@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: error: {error}{hint}", file=sys.stderr)
         return 2
     app = make_app(collection, debug=args.debug)
+    upload.remove_stale_uploads()  # what a killed server left in the temporary folder
     serve_requests_in_parallel()
 
     def announce(host: str, port: int) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -92,6 +93,50 @@ def check_length(environ: dict, max_bytes: int | None = None) -> None:
                                f"{_megabytes(max_bytes)} are accepted")
 
 
+def remove_stale_uploads(directory: str | None = None) -> int:
+    """Delete the upload directories that a killed server left in the temporary folder (those of
+    servers still running are theirs); returns how many. A server calls it when it starts."""
+    removed = 0
+    root = Path(directory or tempfile.gettempdir())
+    for path in root.glob(f"{TEMPORARY_PREFIX}*"):
+        pid = path.name[len(TEMPORARY_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not path.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # a running server's upload
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _form_fields(request: bottle.BaseRequest) -> bottle.FormsDict:
+    """The multipart body's fields, parsed as latin-1 so that any bytes parse (Bottle's UTF-8 parsing
+    raises on the first byte that is not UTF-8, a 500); text is decoded as UTF-8 by the caller."""
+    environ = dict(request.environ)
+    content_type = re.sub(r";\s*charset=[^;]*", "", environ.get("CONTENT_TYPE", ""), flags=re.IGNORECASE)
+    environ["CONTENT_TYPE"] = content_type + "; charset=latin1"
+    try:
+        return bottle.BaseRequest(environ).POST
+    except bottle.HTTPError as error:  # Bottle's MultipartError: a malformed body
+        raise UploadError(400, f"malformed multipart/form-data body ({error.body})") from None
+    except ValueError as error:
+        raise UploadError(400, f"malformed multipart/form-data body ({error})") from None
+
+
+def _utf8(text: str, what: str) -> str:
+    """A latin-1 parsed text field as the UTF-8 text the client meant; UploadError if it is not."""
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise UploadError(400, f"{what} is not UTF-8 text; send text fields (nns, step) as UTF-8 and "
+                               "the image as a file") from None
+
+
 def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = DEFAULT_NNS,
               max_nns: int = MAX_NNS, max_bytes: int | None = None
               ) -> tuple[bottle.FileUpload, int, list[int | None]]:
@@ -102,27 +147,26 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = 
     check_length(request.environ, max_bytes)
     parameters = parse_query_string(request.environ.get("QUERY_STRING", ""), ("nns", "step"),
                                     "POST /api/search")
-    try:
-        post = request.POST
-    except bottle.HTTPError as error:  # Bottle's MultipartError: a malformed body
-        raise UploadError(400, f"malformed multipart/form-data body ({error.body})") from None
+    post = _form_fields(request)
     for name in post:
         if name not in FIELDS:
-            raise UploadError(400, f"unknown field {shorten(name)}; POST /api/search takes a file field "
-                                   "'image' and the fields nns and step")
+            raise UploadError(400, f"unknown field {shorten(_utf8(name, 'a field name'))}; POST /api/search "
+                                   "takes a file field 'image' and the fields nns and step")
         values = post.getall(name)
         if len(values) > 1 or (name != "image" and name in parameters):
             raise UploadError(400, f"field {name!r} given more than once; give it once")
         if name != "image":
             if not isinstance(values[0], str):
                 raise UploadError(400, f"field {name!r} must be a plain value, not a file")
-            parameters[name] = values[0]
+            parameters[name] = _utf8(values[0], f"field {name!r}")
     upload = post.get("image")
     if upload is None:
         raise UploadError(400, "field 'image' is required: the image file to search with "
                                "(multipart/form-data)")
     if not isinstance(upload, bottle.FileUpload):
-        raise UploadError(400, "field 'image' must be a file (with a file name), not a text value")
+        raise UploadError(400, "field 'image' must be a file (with a file name), not a text value: with "
+                               "curl, -F 'image=@photo.jpg' (with @; '<' sends the bytes as text)")
+    upload.raw_filename = upload.raw_filename.encode("latin-1").decode("utf-8", errors="replace")
     content_type = (upload.content_type or "").lower()
     if content_type and not content_type.startswith(ACCEPTED_TYPES):
         raise UploadError(400, f"field 'image' has content type {shorten(content_type, 60)}; send an "
@@ -162,7 +206,7 @@ def embed_upload(upload: bottle.FileUpload, collection: Collection,
     The bytes are copied into a fresh private temporary directory (never under the client's file
     name) and read from there; the directory is removed before this returns or raises.
     """
-    directory = tempfile.mkdtemp(prefix=TEMPORARY_PREFIX)
+    directory = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-")
     try:
         path = Path(directory) / "upload"
         with open(path, "wb") as handle:
