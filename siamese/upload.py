@@ -116,16 +116,22 @@ def remove_stale_uploads(directory: str | None = None) -> int:
 
 def _form_fields(request: bottle.BaseRequest) -> bottle.FormsDict:
     """The multipart body's fields, parsed as latin-1 so that any bytes parse (Bottle's UTF-8 parsing
-    raises on the first byte that is not UTF-8, a 500); text is decoded as UTF-8 by the caller."""
-    environ = dict(request.environ)
-    content_type = re.sub(r";\s*charset=[^;]*", "", environ.get("CONTENT_TYPE", ""), flags=re.IGNORECASE)
-    environ["CONTENT_TYPE"] = content_type + "; charset=latin1"
+    raises on the first byte that is not UTF-8, a 500); text is decoded as UTF-8 by the caller.
+
+    The request's own parser is used (its spooled files are Bottle's to clean up), told the charset
+    through the content type for as long as it parses."""
+    environ = request.environ
+    content_type = environ.get("CONTENT_TYPE", "")
+    environ["CONTENT_TYPE"] = re.sub(r";\s*charset=[^;]*", "", content_type, flags=re.IGNORECASE) \
+        + "; charset=latin1"
     try:
-        return bottle.BaseRequest(environ).POST
+        return request.POST
     except bottle.HTTPError as error:  # Bottle's MultipartError: a malformed body
         raise UploadError(400, f"malformed multipart/form-data body ({error.body})") from None
     except ValueError as error:
         raise UploadError(400, f"malformed multipart/form-data body ({error})") from None
+    finally:
+        environ["CONTENT_TYPE"] = content_type
 
 
 def _utf8(text: str, what: str) -> str:
