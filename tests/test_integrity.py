@@ -247,3 +247,33 @@ def test_indices_of_an_older_version_without_checksums_are_rebuilt(copy, histogr
     (index_dir / "index.json").write_text(json.dumps(manifest))
     assert answers(vector_dir, index_dir, histogram_collection.urns[:3]) == clean
     assert verify(vector_dir, index_dir) == 0
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, 3e38])
+def test_an_unusable_row_of_a_store_from_before_is_never_a_500(tmp_path, value):
+    """A store written before such rows were refused may hold one: it is never a neighbour, its vector
+    shows null where JSON has no number, and `verify` counts it."""
+    import webtest
+
+    from app import make_app
+
+    store_dir = make_store(tmp_path / "vectors", n=120)
+    manifest = json.loads((store_dir / MANIFEST).read_text())
+    del manifest["checksums_bytes"]  # as written before checksums existed
+    (store_dir / MANIFEST).write_text(json.dumps(manifest))
+    (store_dir / CHECKSUMS).unlink()
+    vectors = np.memmap(store_dir / "vectors.f32", dtype="<f4", mode="r+", shape=(120, 16))
+    vectors[7, 3] = value
+    vectors.flush()
+    del vectors
+    build_indices(VectorStore(store_dir), tmp_path / "indices", IndexConfig(), verbose=False)
+    client = webtest.TestApp(make_app(Collection(store_dir, tmp_path / "indices")))
+    bad = VectorStore(store_dir).urns[7]
+    for urn in VectorStore(store_dir).urns[:12]:
+        answer = client.get("/api/neighbours", params={"urn": urn, "step": "all,10,1", "nns": "100",
+                                                       "vectors": "true"}).json
+        if urn == bad:  # asked for itself: answered, its vector as JSON can hold it
+            assert answer["vector"][3] == (value if np.isfinite(value) else None)
+            continue
+        assert bad not in [found["urn"] for period in answer["steps"]["all"] for found in period["neighbours"]]
+    assert verify(store_dir, tmp_path / "indices") == 1
