@@ -27,11 +27,9 @@ What waitress's defaults did here, found by an adversarial run, and what this mo
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable
 
 from waitress.channel import HTTPChannel
@@ -40,6 +38,7 @@ from waitress.server import create_server as waitress_server
 from waitress.task import ErrorTask
 
 from siamese.params import shorten
+from siamese.system import bound_allocator_arenas
 from siamese.upload import FORM_OVERHEAD_BYTES, MAX_UPLOAD_BYTES
 from siamese.web import error_body, with_response_headers
 
@@ -60,33 +59,11 @@ SETTINGS = {
 # (512 KiB: an upload), or an answer over outbuf_overflow (1 MiB) while it is sent.
 DESCRIPTORS_PER_CONNECTION = 2
 RESERVED_DESCRIPTORS = 256  # the model's files when it is loaded for a first upload, the upload's own
-M_ARENA_MAX = -8  # glibc's malloc.h
-ALLOCATOR_ARENAS = 2
 
 logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ process settings
-
-def bound_allocator_arenas(arenas: int = ALLOCATOR_ARENAS) -> bool:
-    """Cap glibc's malloc arenas (mallopt(M_ARENA_MAX)); True when done.
-
-    A no-op (False) where the C library is not glibc, and where MALLOC_ARENA_MAX is set: whoever set it
-    chose. Arenas made before the call stay; call it before the request threads start.
-    """
-    if os.environ.get("MALLOC_ARENA_MAX") or not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: no M_ARENA_MAX
-            return False
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt(M_ARENA_MAX, arenas) == 1
-
 
 def raise_open_file_limit() -> int | None:
     """Raise this process's soft limit of open files (RLIMIT_NOFILE) to its hard limit; the soft limit

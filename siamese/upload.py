@@ -17,14 +17,11 @@ to the system afterwards (TRIM_AFTER_PIXELS).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shutil
-import sys
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import bottle
@@ -35,6 +32,7 @@ from siamese.backbones import BackboneError, Embedder, get_backbone
 from siamese.collection import Collection
 from siamese.images import ImageRejected, load_model_input_with_size
 from siamese.params import DEFAULT_NNS, MAX_NNS, parse_count, parse_query_string, parse_steps, shorten
+from siamese.system import process_running, return_freed_memory
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
@@ -102,13 +100,8 @@ def remove_stale_uploads(directory: str | None = None) -> int:
         pid = path.name[len(TEMPORARY_PREFIX):].split("-")[0]
         if not pid.isdigit() or not path.is_dir():
             continue
-        try:
-            os.kill(int(pid), 0)
+        if process_running(int(pid)):
             continue  # a running server's upload
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
         shutil.rmtree(path, ignore_errors=True)
         removed += 1
     return removed
@@ -254,28 +247,3 @@ def decode_upload(path: str | os.PathLike, input_size: tuple[int, int]) -> tuple
     return pixels, (width, height)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None)
-        if not hasattr(libc, "gnu_get_libc_version"):  # musl and others: no malloc_trim
-            return None
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    return trim
-
-
-_trim = _malloc_trim()
-
-
-def return_freed_memory() -> bool:
-    """Hand the memory the process has freed back to the system (glibc: malloc_trim(0), every arena);
-    False where the C library has no such call."""
-    if _trim is None:
-        return False
-    _trim(0)
-    return True

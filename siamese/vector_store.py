@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from siamese.system import process_running
+
 FORMAT = "siamese-vector-store"
 VERSION = 1
 MANIFEST = "store.json"
@@ -63,13 +65,8 @@ def remove_stale_temporaries(directory: Path) -> int:
         pid = path.name.rsplit(".", 2)[-2].split("-")[0]
         if not pid.isdigit():
             continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue  # running, as another user
+        if process_running(int(pid)):
+            continue  # still writing it
         path.unlink(missing_ok=True)
         removed += 1
     return removed

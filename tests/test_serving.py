@@ -381,7 +381,7 @@ def test_descriptors_above_1024_are_served(collection, tmp_path):
 
 @fast
 def test_allocator_arenas_are_bounded_only_where_glibc_is(monkeypatch):
-    from siamese.serving import bound_allocator_arenas
+    from siamese.system import bound_allocator_arenas
 
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert bound_allocator_arenas() is glibc
