@@ -57,8 +57,13 @@ def start_server(data: Path, threads: int, log: IO[str]) -> tuple[subprocess.Pop
                "--index-dir", str(data / "indices-eucl"), "--thumbnails", str(data / "thumbnails"),
                "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)]
     process = subprocess.Popen(command, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
+    wait_until_answering(process, port, log)
+    return process, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_answering(process: subprocess.Popen, port: int, log, seconds: float = 180) -> None:
+    """Until the app.py just started answers GET /api/collection; SystemExit with its log otherwise."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
             log.seek(0)
@@ -67,11 +72,11 @@ def start_server(data: Path, threads: int, log: IO[str]) -> tuple[subprocess.Pop
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             connection.request("GET", "/api/collection")
             if connection.getresponse().status == 200:
-                return process, url
+                return
         except OSError:
             time.sleep(0.3)
     process.kill()
-    raise SystemExit("app.py did not answer within 180 s")
+    raise SystemExit(f"app.py did not answer within {seconds:.0f} s")
 
 
 class Load:

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
 from PIL import Image, ImageDraw  # noqa: E402
+from serve_load import wait_until_answering  # noqa: E402  (bench/, the script's own folder)
 from test_decode_memory import texture, write_huge_rgba_png, write_png_rows  # noqa: E402
 
 MIB = 1024 * 1024
@@ -87,20 +88,8 @@ def start_server(checkout: Path, vector_dir: Path, index_dir: Path, threads: int
     command = [sys.executable, str(checkout / "app.py"), "--vector-dir", str(vector_dir), "--index-dir",
                str(index_dir), "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)]
     process = subprocess.Popen(command, stdout=log, stderr=log, cwd=checkout)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            log.seek(0)
-            raise SystemExit(f"app.py exited with status {process.returncode}: {log.read()[-2000:]}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/api/collection")
-            if connection.getresponse().status == 200:
-                return process, port
-        except OSError:
-            time.sleep(0.3)
-    process.kill()
-    raise SystemExit("app.py did not answer within 180 s")
+    wait_until_answering(process, port, log)
+    return process, port
 
 
 def memory(pid: int) -> dict[str, float]:
