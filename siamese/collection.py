@@ -61,7 +61,6 @@ class Collection:
                 break
             self.store = VectorStore(self.vector_dir)
             manifest = read_manifest(self.index_dir)
-        self.store.verify()  # every committed byte against its checksum (StoreError naming the rows)
         if config is None:
             steps = built_step_sizes(manifest) if manifest else []
             if not steps:
@@ -70,8 +69,10 @@ class Collection:
                     f"{self.vector_dir} {self.index_dir} --steps 10 1")
             config = IndexConfig(metric=manifest["metric"], step_sizes=tuple(steps))
         self.config = config
-        if not config.is_current(self.index_dir, manifest, self.store):
+        if not config.is_current(self.index_dir, manifest, self.store):  # the build verifies the store
             build_indices(self.store, self.index_dir, config, n_jobs=n_jobs, verbose=verbose)
+        else:
+            self.store.verify()  # every committed byte against its checksum (StoreError naming the rows)
         try:
             self.core = SearchCore(self.store, self.index_dir, list(config.step_sizes), settings)
         except (FileNotFoundError, IndexDamaged) as error:  # deleted or damaged behind the manifest's back
