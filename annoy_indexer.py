@@ -328,9 +328,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def verify_collection(vector_dir: Path, index_dir: Path) -> int:
     """The `verify` command: what is damaged, and how to repair it."""
+    if read_manifest(index_dir) is None:  # nothing to check is a mistake in the command, not damage
+        raise ValueError(f"no indices in {index_dir}; build them with: python annoy_indexer.py build "
+                         f"{vector_dir} {index_dir}")
+    store = VectorStore(vector_dir)  # StoreError (status 2) when it is no vector store at all
     damaged = False
     try:
-        store = VectorStore(vector_dir)
         store.verify()
     except StoreError as error:
         print(f"damaged: {error}")

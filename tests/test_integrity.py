@@ -71,6 +71,14 @@ def test_a_flipped_byte_in_the_vectors_is_an_error_naming_the_rows(copy):
     assert done.returncode == 1 and "damaged:" in done.stdout and "Traceback" not in done.stderr
 
 
+def test_verify_of_directories_that_hold_nothing_is_a_usage_error(copy, tmp_path):
+    vector_dir, index_dir = copy
+    for arguments in ((tmp_path / "nothing", index_dir), (vector_dir, tmp_path / "nothing")):
+        done = verify_cli(*arguments)
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+        assert done.stderr.startswith("annoy_indexer.py: error:") and "nothing" in done.stderr
+
+
 def test_a_year_changed_in_the_items_is_an_error_not_a_new_timeline(copy):
     """One flipped byte turned 1976 into 81976 and the collection into "1945-81976"."""
     vector_dir, index_dir = copy
