@@ -39,6 +39,7 @@ from PIL import Image
 from siamese.backbones import Embedder, embed_image
 from siamese.cli import Parser, run_command
 from siamese.collection import Collection
+from siamese.descriptors import DEFAULT_DESCRIPTOR_DIMENSIONS, DESCRIPTORS
 from siamese.index_build import (
     DEFAULT_INDEX_DIMENSIONS,
     DEFAULT_N_TREES,
@@ -72,13 +73,19 @@ class AnnoyIndexer:
     search_k : Annoy's search_k for each tree search; None: 500 times the number of candidates kept
         (see SearchSettings, which `search_settings` replaces as a whole).
     index_dimensions : dimensions of the PCA projection that Annoy indexes; None: the index directory's
-        setting, or 128 for a new one; n_dimensions or more indexes the vectors as they are.
+        setting, or 128 for a new one; the descriptors' dimensions or more indexes them as they are.
     n_jobs : threads Annoy builds trees with; -1 uses every core.
     verbose : show build progress (tqdm, on stderr).
     search_settings : how hard a search looks (siamese.search.SearchSettings); None: the defaults.
+    descriptor : what is searched (siamese/descriptors.py): 'whitened', the stored vectors' signed
+        square root PCA-whitened on the collection itself (finds re-scanned and reprinted copies far
+        better, docs/quality.md), or 'raw', the stored vectors as they are; None: the index directory's
+        setting, or 'whitened' for a new one. The stored vectors never change either way.
+    descriptor_dimensions : dimensions the whitening keeps; None: the directory's, or 512.
 
-    An index directory holds one configuration (metric, model, n_dimensions, index_dimensions,
-    n_trees); asking for another is a ValueError unless build(force=True) replaces it.
+    An index directory holds one configuration (metric, model, n_dimensions, descriptor,
+    descriptor_dimensions, index_dimensions, n_trees); asking for another is a ValueError unless
+    build(force=True) replaces it. Distances are those between descriptors.
     """
 
     def __init__(self, vector_dir: str | os.PathLike = "vectors",
@@ -86,10 +93,12 @@ class AnnoyIndexer:
                  metric: str = "euclidean",
                  step_sizes: Iterable[int] = (10, 1), n_trees: int | None = None,
                  search_k: int | None = None, index_dimensions: int | None = None, n_jobs: int = -1,
-                 verbose: bool = True, search_settings: SearchSettings | None = None) -> None:
+                 verbose: bool = True, search_settings: SearchSettings | None = None,
+                 descriptor: str | None = None, descriptor_dimensions: int | None = None) -> None:
         self.vector_dir = Path(vector_dir)
         self.index_dir = Path(index_dir)
-        self._config = IndexConfig(metric, step_sizes_of(step_sizes), n_trees, index_dimensions)
+        self._config = IndexConfig(metric, step_sizes_of(step_sizes), n_trees, index_dimensions,
+                                   descriptor, descriptor_dimensions)
         self.search_k = None if search_k is None else positive_int(search_k, "search_k")
         settings = search_settings or SearchSettings()
         if self.search_k is not None:
@@ -124,6 +133,14 @@ class AnnoyIndexer:
     @property
     def index_dimensions(self) -> int | None:
         return self._config.index_dimensions
+
+    @property
+    def descriptor(self) -> str | None:
+        return self._config.descriptor
+
+    @property
+    def descriptor_dimensions(self) -> int | None:
+        return self._config.descriptor_dimensions
 
     def _reconfigure(self, **changes: object) -> None:
         """A new configuration (never a change to the one a loaded collection uses)."""
@@ -298,6 +315,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--index-dimensions", type=int, default=None, metavar="K",
                        help="dimensions of the PCA projection Annoy indexes (default: the index dir's, or "
                             f"{DEFAULT_INDEX_DIMENSIONS}); the store's dimensions or more: no projection")
+    build.add_argument("--descriptor", choices=DESCRIPTORS, default=None,
+                       help="what is searched: 'whitened' (the vectors' signed square root, PCA-whitened "
+                            "on the collection: finds re-scanned and reprinted copies) or 'raw' (the "
+                            "vectors as they are); default: the index dir's, or whitened")
+    build.add_argument("--descriptor-dimensions", type=int, default=None, metavar="D",
+                       help="dimensions the whitening keeps (default: the index dir's, or "
+                            f"{DEFAULT_DESCRIPTOR_DIMENSIONS})")
     build.add_argument("--force", action="store_true",
                        help="rebuild everything, replacing indices of another metric, model or setting")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -368,7 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if arguments.command == "build":
             indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir, metric=arguments.metric,
                                    step_sizes=arguments.steps, n_trees=arguments.trees,
-                                   index_dimensions=arguments.index_dimensions, verbose=not arguments.quiet)
+                                   index_dimensions=arguments.index_dimensions, verbose=not arguments.quiet,
+                                   descriptor=arguments.descriptor,
+                                   descriptor_dimensions=arguments.descriptor_dimensions)
             report = indexer.build(force=arguments.force)
             print(f"{report['built']} indices built, {report['up_to_date']} up to date, "
                   f"{report['empty']} empty periods, in {report['seconds']:.1f} s ({arguments.index_dir})")

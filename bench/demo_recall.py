@@ -6,7 +6,9 @@
 bench/index_scale.py measures at full scale on synthetic vectors; this measures what a researcher gets
 on real Inception vectors: for sampled urns, `query` for the whole collection and for every step the
 index dir was built with, against exact float64 brute force over the same rows (the query itself
-excluded). A returned neighbour tied with the true n-th counts as found. Euclidean indices only.
+excluded), in the index directory's descriptor space (the saved transform applied here to the stored
+vectors). A returned neighbour tied with the true n-th counts as found. Euclidean indices only. An index
+directory not built yet is built with the defaults (--descriptor and --index-dimensions override them).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from annoy_indexer import AnnoyIndexer, read_manifest  # noqa: E402
+from siamese.index_dir import read_transform  # noqa: E402
 from siamese.vector_store import VectorStore  # noqa: E402
 
 
@@ -49,22 +52,30 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--descriptor", default=None, help="for a new index dir (default: annoy_indexer's)")
+    parser.add_argument("--index-dimensions", type=int, default=None, help="for a new index dir")
     args = parser.parse_args()
 
     store = VectorStore(args.vector_dir)
     manifest = read_manifest(args.index_dir) or {}
     if manifest.get("metric", "euclidean") != "euclidean":
         raise SystemExit("demo_recall.py: only euclidean indices are compared with brute force")
-    indexer = AnnoyIndexer(args.vector_dir, args.index_dir, verbose=False)
+    indexer = AnnoyIndexer(args.vector_dir, args.index_dir, verbose=False, descriptor=args.descriptor,
+                           index_dimensions=args.index_dimensions)
+    if not manifest:
+        indexer.build()
+    manifest = read_manifest(args.index_dir)
     steps = list(indexer.step_sizes)
-    vectors = np.asarray(store.vectors)
+    vectors = read_transform(args.index_dir, manifest.get("transform")).apply(np.asarray(store.vectors))
     years = store.years()
     urns = store.urns
     rng = np.random.default_rng(args.seed)
     sample = rng.choice(len(store), size=min(args.queries, len(store)), replace=False)
     indexer.query(urns[sample[0]], n=args.n)  # load the indices before timing
 
-    print(f"{args.vector_dir}: {len(store)} items, model {store.model}; {len(sample)} queries, n={args.n}")
+    print(f"{args.vector_dir}: {len(store)} items, model {store.model}; {len(sample)} queries, n={args.n}; "
+          f"descriptor {manifest.get('descriptor', 'raw')} {vectors.shape[1]}-d, index_dimensions "
+          f"{manifest['index_dimensions']}")
     print(f"{'query':<22}{'recall@' + str(args.n):>10}{'p50 ms':>9}{'p99 ms':>9}")
     for step in [None, *steps]:
         hits = wanted = 0

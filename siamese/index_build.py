@@ -24,6 +24,14 @@ from annoy import AnnoyIndex
 from tqdm import tqdm
 
 from siamese import index_dir as layout
+from siamese.descriptors import (
+    DEFAULT_DESCRIPTOR,
+    DEFAULT_DESCRIPTOR_DIMENSIONS,
+    FIT_SAMPLE,
+    DescriptorTransform,
+    check_descriptor,
+    fit_descriptor_transform,
+)
 from siamese.periods import Period, periods_between, validate_step
 from siamese.projection import PROJECTION_SAMPLE, Projection, check_metric, fit_projection
 from siamese.vector_store import VectorStore
@@ -35,7 +43,9 @@ CHUNK = 16_384  # rows read from the memory map at a time while building
 # each of 1,500 yearly indices made the build quadratic (68 s for 3,000 small indices, two thirds of it
 # rewriting the manifest); a killed build loses at most this much work.
 MANIFEST_INTERVAL = 1.0
-CONFIGURATION = ("metric", "model", "n_dimensions", "index_dimensions", "n_trees")  # one per directory
+CONFIGURATION = ("metric", "model", "n_dimensions", "descriptor", "descriptor_dimensions", "index_dimensions",
+                 "n_trees")  # one per directory
+LEGACY = {"descriptor": "raw"}  # what a directory built before a setting existed holds
 
 
 def positive_int(value: object, name: str) -> int:
@@ -61,40 +71,64 @@ class IndexConfig:
 
     n_trees : Annoy trees per index (more: better recall at a given search_k, bigger files);
         None: the index directory's setting, or 20 for a new one.
-    index_dimensions : dimensions of the PCA projection that Annoy indexes; None: the index directory's
-        setting, or 128 for a new one (64 gave recall@10 of only 0.965 on the real Inception vectors of
-        the demo; 128 gives 0.996); the vectors' dimensions or more indexes the vectors as they are.
+    descriptor : what is searched (siamese/descriptors.py): 'whitened' (the stored vectors' signed square
+        root, PCA-whitened on the collection itself, unit length; far more robust to what scanning and
+        reprinting do to an image, docs/quality.md) or 'raw' (the stored vectors as they are); None: the
+        index directory's setting, or 'whitened' for a new one ('raw' for a directory built before).
+    descriptor_dimensions : the whitened descriptors' dimensions (None: the directory's, or 512).
+    index_dimensions : dimensions of the PCA projection of the descriptors that Annoy indexes; None:
+        the index directory's setting, or for a new one 128 for raw descriptors (64 gave recall@10 of
+        only 0.965 on the real Inception vectors of the demo; 128 gives 0.996) and half the dimensions
+        of whitened ones (their variance is spread more evenly: on the demo, 128 of 512 gave recall@10
+        0.978 / 0.930 / 0.930 for the whole collection / step 10 / step 1, 256 gives 0.999 / 0.995 /
+        0.992); the descriptors' dimensions or more indexes them as they are.
     """
 
     metric: str = "euclidean"
     step_sizes: tuple[int, ...] = (10, 1)
     n_trees: int | None = None
     index_dimensions: int | None = None
+    descriptor: str | None = None
+    descriptor_dimensions: int | None = None
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
+        if self.descriptor is not None:
+            check_descriptor(self.descriptor)
         object.__setattr__(self, "step_sizes", step_sizes_of(self.step_sizes))
-        for name in ("n_trees", "index_dimensions"):
+        for name in ("n_trees", "index_dimensions", "descriptor_dimensions"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, positive_int(getattr(self, name), name))
 
     def settings(self, manifest: dict | None, store: VectorStore) -> dict:
         """The configuration a build writes: the explicit settings, else the directory's, else defaults."""
-        def choose(name: str, default: int) -> int:
+        def choose(name: str, default: int | str, carries_over: bool = True) -> int | str:
             explicit = getattr(self, name)
             if explicit is not None:
                 return explicit
-            return manifest[name] if manifest else default
-        k = choose("index_dimensions", DEFAULT_INDEX_DIMENSIONS)
+            return manifest.get(name, LEGACY.get(name, default)) if manifest and carries_over else default
+        descriptor = choose("descriptor", DEFAULT_DESCRIPTOR)
+        # a directory's dimensions carry over only to the same descriptor (--force to another one)
+        same = bool(manifest) and manifest.get("descriptor", LEGACY["descriptor"]) == descriptor
+        if descriptor == "raw":
+            dimensions = store.n_dimensions
+        else:
+            dimensions = min(choose("descriptor_dimensions", DEFAULT_DESCRIPTOR_DIMENSIONS, same),
+                             store.n_dimensions)
+        k = choose("index_dimensions", DEFAULT_INDEX_DIMENSIONS if descriptor == "raw" else dimensions // 2,
+                   same)
         return {"metric": self.metric, "model": store.model, "n_dimensions": store.n_dimensions,
-                "index_dimensions": min(k, store.n_dimensions), "n_trees": choose("n_trees", DEFAULT_N_TREES)}
+                "descriptor": descriptor, "descriptor_dimensions": dimensions,
+                "index_dimensions": min(k, dimensions), "n_trees": choose("n_trees", DEFAULT_N_TREES)}
 
     def check_compatible(self, index_dir: Path, manifest: dict, store: VectorStore) -> None:
         """ValueError when the directory holds indices of another configuration (never replace silently)."""
         for name, value in self.settings(manifest, store).items():
-            if manifest.get(name) != value:
+            if manifest.get(name, LEGACY.get(name)) != value and not (
+                    name == "descriptor_dimensions" and name not in manifest):
+                held = manifest.get(name, LEGACY.get(name))
                 raise ValueError(
-                    f"{index_dir} holds indices built with {name}={manifest.get(name)!r}, not "
+                    f"{index_dir} holds indices built with {name}={held!r}, not "
                     f"{name}={value!r}; use another index directory, the same {name}, or build(force=True) "
                     "(--force) to replace them")
 
@@ -167,10 +201,16 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
     """Write the stale indices as a pending generation, then promote it whole (index_dir.py says why)."""
     clock = time.perf_counter()
     pending = manifest.setdefault("pending", {"projection": None, "indices": {}})
-    project, recorded, refitted = _projection(index_dir, manifest, store, config.metric, settings)
+    transform, transform_record, new_transform = _transform(index_dir, manifest, store, settings)
+    descriptors, descriptors_record = _descriptors(index_dir, manifest, store, transform, transform_record,
+                                                   verbose)
+    project, recorded, refitted = _projection(index_dir, manifest, descriptors, config.metric, settings,
+                                              new_transform)
     # what an index's content depends on besides its rows; in its file names, so that a rebuilt index
     # never overwrites a file that a reader may have memory-mapped
     salt = f"{recorded['sha1']}:{config.metric}:{settings['n_trees']}:".encode()
+    if not transform.is_identity:  # (raw: the salt of the directories built before descriptors existed)
+        salt = f"{transform_record['sha1']}:".encode() + salt
     years = store.years()
     groups = index_groups(years, config.step_sizes)
     current = {} if refitted else manifest["indices"]
@@ -192,10 +232,10 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
         else:
             report.up_to_date += 1
     needed = [groups[key][1] for key in stale]
-    projected = _project_rows(store, project, np.unique(np.concatenate(needed)), verbose) \
+    projected = _project_rows(descriptors, project, np.unique(np.concatenate(needed)), verbose) \
         if needed and project.components is not None else None
     seconds = {"projection": time.perf_counter() - clock}  # where the time went, for the report
-    annoy_metric = project.annoy_metric(settings["n_dimensions"], settings["index_dimensions"])
+    annoy_metric = project.annoy_metric(settings["descriptor_dimensions"], settings["index_dimensions"])
     written = time.perf_counter()
     with tqdm(total=len(stale), desc="annoy indices", unit="index", file=sys.stderr,
               disable=not verbose) as progress:
@@ -207,7 +247,7 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
                 entry = {"fingerprint": fingerprint, "count": len(rows), "n_trees": settings["n_trees"]}
                 if len(rows):
                     names = layout.file_names(key, fingerprint, with_scan=projected is not None)
-                    write_index(index_dir, names, rows, store, project, projected, annoy_metric,
+                    write_index(index_dir, names, rows, descriptors, project, projected, annoy_metric,
                                 settings["n_trees"], n_jobs)
                     entry.update(layout.describe_files(index_dir, names))
                 pending["indices"][key] = ready[key] = entry
@@ -223,7 +263,7 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
             layout.write_manifest(index_dir, manifest)
     # promotion: readers switch from the previous complete generation to this one in one rename
     manifest["indices"] = {**current, **ready}
-    manifest["projection"] = recorded
+    manifest.update(transform=transform_record, descriptors=descriptors_record, projection=recorded)
     if refitted:
         manifest["complete"] = {}  # indices of other step sizes were built with the old projection
     del manifest["pending"]
@@ -234,30 +274,106 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
     return report
 
 
-def _projection(index_dir: Path, manifest: dict, store: VectorStore, metric: str,
-                settings: dict) -> tuple[Projection, dict, bool]:
+def _transform(index_dir: Path, manifest: dict, store: VectorStore,
+               settings: dict) -> tuple[DescriptorTransform, dict, bool]:
+    """(descriptor transform, its manifest record, whether it replaces the current one).
+
+    Kept, like the projection, unless it was fitted on less than half the rows it would be fitted on
+    now (FIT_SAMPLE at most) or is not the configured one; a refit changes every descriptor, so the
+    projection is fitted again and every index rebuilt. Resumed from the pending generation.
+    """
+    current, pending = manifest.get("transform"), manifest["pending"]
+    if settings["descriptor"] == "raw":  # (a directory built before descriptors existed has no record)
+        record = {"descriptor": "raw", "sha1": "raw"}
+        return layout.read_transform(index_dir, None), record, (current or record) != record
+
+    def matches(record: dict | None) -> bool:
+        return bool(record) and record.get("descriptor") == settings["descriptor"] \
+            and record.get("dimensions") == settings["descriptor_dimensions"]
+
+    if matches(pending.get("transform")):
+        return layout.read_transform(index_dir, pending["transform"]), pending["transform"], True
+    enough = min(store.count, FIT_SAMPLE)
+    if matches(current) and current.get("file") and current["fitted_on"] * 2 >= enough:
+        try:
+            return layout.read_transform(index_dir, current), current, False
+        except layout.IndexDamaged:
+            pass  # fitted again below, and every index rebuilt with it
+    transform, record = fit_descriptor_transform(store.vectors, settings["descriptor"],
+                                                 settings["descriptor_dimensions"])
+    record = {**record, "dimensions": settings["descriptor_dimensions"],
+              **layout.save_transform(index_dir, transform)}
+    pending["transform"] = record
+    layout.write_manifest(index_dir, manifest)  # the file is referenced before anything uses it
+    return transform, record, True
+
+
+def _descriptors(index_dir: Path, manifest: dict, store: VectorStore, transform: DescriptorTransform,
+                 transform_record: dict, verbose: bool) -> tuple[np.ndarray, dict | None]:
+    """Every stored row's descriptor, and their manifest record (None: the stored vectors themselves).
+
+    Written whole for each state of the store (a few seconds for 426,777 rows): rows appended since
+    get theirs, and the file's fingerprint ties it to the transform and the store's state.
+    """
+    if transform.is_identity:
+        return store.vectors, None
+    dimensions = transform.dimensions(store.n_dimensions)
+    state = layout.store_state(store)
+    fingerprint = hashlib.sha1(f"{transform_record['sha1']}:{sorted(state.items())}".encode()).hexdigest()
+    pending = manifest["pending"]
+    for record in (pending.get("descriptors"), manifest.get("descriptors")):
+        if record and record.get("fingerprint") == fingerprint:
+            try:
+                return layout.read_descriptors(index_dir, record, store.count, dimensions), record
+            except layout.IndexDamaged:
+                break  # written again below
+    name = layout.descriptors_name(fingerprint)
+    path = index_dir / name
+    with layout.temporary(path) as temporary:
+        output = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.float32,
+                                           shape=(store.count, dimensions))
+        chunks = range(0, store.count, CHUNK)
+        for start in tqdm(chunks, desc="descriptors", unit="chunk", file=sys.stderr, leave=False,
+                          disable=not verbose or len(chunks) < 4):
+            output[start:start + CHUNK] = transform.apply(store.vectors[start:start + CHUNK])
+        output.flush()
+        del output
+        layout.fsync(temporary)
+        os.replace(temporary, path)
+    record = {"file": name, "checksum": layout.file_checksum(path), "fingerprint": fingerprint,
+              "count": store.count, "dimensions": dimensions}
+    pending["descriptors"] = record
+    layout.write_manifest(index_dir, manifest)
+    return layout.read_descriptors(index_dir, record, store.count, dimensions), record
+
+
+def _projection(index_dir: Path, manifest: dict, vectors: np.ndarray, metric: str,
+                settings: dict, new_transform: bool) -> tuple[Projection, dict, bool]:
     """(projection, its manifest record, whether it replaces the current one).
 
     The current projection is kept unless there is none, it was fitted on too few rows, or it has no
     checksum (an older version's): a projection fitted on the first 500 images of what becomes a
     400,000-image collection would choose poor candidates, so it is refitted (and every index rebuilt)
     while the collection holds more than twice the rows it was fitted on, up to PROJECTION_SAMPLE rows.
-    A refit goes into the pending generation; an interrupted one is resumed, not fitted again.
+    A refit goes into the pending generation; an interrupted one is resumed, not fitted again. It is
+    fitted on the descriptors (`vectors`), so a new transform means a new projection.
     """
     k = settings["index_dimensions"]
     current, pending = manifest["projection"], manifest["pending"]
-    if k >= store.n_dimensions:  # the vectors as they are
+    count, n_dimensions = vectors.shape
+    if k >= n_dimensions:  # the descriptors as they are
         record = {"sha1": "none", "index_dimensions": k}
-        return Projection(metric), record, record != current
+        return Projection(metric), record, record != current or new_transform
     if pending.get("projection"):
         return layout.read_projection(index_dir, metric, pending["projection"]), pending["projection"], True
-    enough = min(store.count, PROJECTION_SAMPLE)
-    if current and current.get("file") and current.get("checksum") and current["fitted_on"] * 2 >= enough:
+    enough = min(count, PROJECTION_SAMPLE)
+    if not new_transform and current and current.get("file") and current.get("checksum") \
+            and current["fitted_on"] * 2 >= enough:
         try:
             return layout.read_projection(index_dir, metric, current), current, False
         except layout.IndexDamaged:
             pass  # fitted again below, and every index rebuilt with it
-    projection, kept, fitted_on = fit_projection(store.vectors, metric, k)
+    projection, kept, fitted_on = fit_projection(vectors, metric, k)
     sha1 = hashlib.sha1(projection.mean.tobytes() + projection.components.tobytes()
                         + metric.encode()).hexdigest()
     record = {**layout.save_projection(index_dir, projection, sha1), "sha1": sha1, "index_dimensions": k,
@@ -267,25 +383,25 @@ def _projection(index_dir: Path, manifest: dict, store: VectorStore, metric: str
     return projection, record, True
 
 
-def _project_rows(store: VectorStore, project: Projection, rows: np.ndarray, verbose: bool) -> np.ndarray:
-    """Projected vectors of `rows` (the others left zero), read from the memory map chunk by chunk."""
-    projected = np.zeros((store.count, project.dimensions(store.n_dimensions)), dtype=np.float32)
+def _project_rows(vectors: np.ndarray, project: Projection, rows: np.ndarray, verbose: bool) -> np.ndarray:
+    """Projected descriptors of `rows` (the others left zero), read from the memory map chunk by chunk."""
+    projected = np.zeros((len(vectors), project.dimensions(vectors.shape[1])), dtype=np.float32)
     chunks = range(0, len(rows), CHUNK)
     for start in tqdm(chunks, desc="projecting", unit="chunk", file=sys.stderr, leave=False,
                       disable=not verbose or len(chunks) < 4):
         chunk = rows[start:start + CHUNK]
-        projected[chunk] = project.items(store.vectors[chunk])
+        projected[chunk] = project.items(vectors[chunk])
     return projected
 
 
-def write_index(index_dir: Path, names: dict[str, str], rows: np.ndarray, store: VectorStore,
+def write_index(index_dir: Path, names: dict[str, str], rows: np.ndarray, descriptors: np.ndarray,
                 project: Projection, projected: np.ndarray | None, annoy_metric: str, n_trees: int,
                 n_jobs: int) -> None:
     """Build and save one index: the Annoy file, the rows, and (with a projection) the scan matrix."""
-    index = AnnoyIndex(project.dimensions(store.n_dimensions), annoy_metric)
+    index = AnnoyIndex(project.dimensions(descriptors.shape[1]), annoy_metric)
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
-        vectors = projected[chunk] if projected is not None else project.items(store.vectors[chunk])
+        vectors = projected[chunk] if projected is not None else project.items(descriptors[chunk])
         for offset, vector in enumerate(vectors.tolist()):  # lists: Annoy reads them fastest
             index.add_item(start + offset, vector)
     index.build(n_trees, n_jobs=n_jobs)

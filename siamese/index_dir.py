@@ -1,6 +1,9 @@
 """The index directory's on-disk contract: the manifest, file names, atomic saves, the lock, clean-up.
 
     INDEX_DIR/index.json                       the manifest (format, version, settings, every index)
+    INDEX_DIR/transform.<sha1>.npy             the descriptor transform (siamese/descriptors.py): row 0 the
+                                               mean, rows 1.. the whitening components
+    INDEX_DIR/descriptors.<fingerprint>.npy    every stored row's descriptor (what is searched and ranked)
     INDEX_DIR/projection.<sha1>.npy            the PCA projection: row 0 the mean, rows 1.. the components
     INDEX_DIR/all.<fingerprint>.ann|.rows.npy|.scan.npy           the whole collection's index
     INDEX_DIR/step<S>_<START>.<fingerprint>.ann|.rows.npy|.scan.npy   one period's index
@@ -31,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from siamese.descriptors import IDENTITY, DescriptorTransform
 from siamese.projection import Projection
 from siamese.vector_store import VectorStore, write_atomically
 
@@ -42,7 +46,9 @@ FILES = ("annoy", "rows", "scan")  # the files of one index, as the manifest nam
 TEMPORARY_PREFIX = ".annoy-indexer-"
 LOCK = ".lock"
 OUR_FILE = re.compile(r"^((all|step\d+_-?\d+)\.[0-9a-f]{12}\.(ann|rows\.npy|scan\.npy)"
-                      r"|projection\.[0-9a-f]{12}\.npy)$")  # what garbage collection may delete
+                      r"|(projection|transform|descriptors)\.[0-9a-f]{12}\.npy)$")  # what garbage collection
+# may delete
+SHARED = ("transform", "descriptors", "projection")  # the manifest's records of files all indices share
 
 
 REBUILD = "rebuild them with: python annoy_indexer.py build VECTOR_DIR INDEX_DIR --force --steps 10 1"
@@ -72,8 +78,8 @@ def read_manifest(index_dir: str | os.PathLike) -> dict | None:
 def new_manifest(settings: dict) -> dict:
     """An empty manifest for indices of `settings` (metric, model, n_dimensions, index_dimensions,
     n_trees)."""
-    return {"format": FORMAT, "version": VERSION, **settings, "projection": None, "complete": {},
-            "indices": {}}
+    return {"format": FORMAT, "version": VERSION, **settings, "transform": None, "descriptors": None,
+            "projection": None, "complete": {}, "indices": {}}
 
 
 def write_manifest(index_dir: Path, manifest: dict) -> None:
@@ -226,6 +232,57 @@ def read_projection(index_dir: Path, metric: str, recorded: dict | None) -> Proj
     return Projection(metric, saved[0], np.ascontiguousarray(saved[1:].T))
 
 
+def _load_checked(path: Path, recorded: dict, what: str, mmap: bool = False) -> np.ndarray:
+    """A saved array whose file matches the checksum recorded when it was written (IndexDamaged if not)."""
+    try:
+        if recorded.get("checksum") != file_checksum(path):
+            raise IndexDamaged(f"{path} does not match its checksum; rebuild with: python annoy_indexer.py "
+                               "build VECTOR_DIR INDEX_DIR --force")
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as error:
+        if isinstance(error, IndexDamaged):
+            raise
+        raise IndexDamaged(f"{path} cannot be read as {what} ({error}); rebuild with: python annoy_indexer.py"
+                           " build VECTOR_DIR INDEX_DIR --force") from None
+
+
+def save_transform(index_dir: Path, transform: DescriptorTransform) -> dict:
+    """Write the descriptor transform's file; returns what the manifest records of it."""
+    name = f"transform.{transform.sha1[:12]}.npy"
+    save_npy(index_dir / name, transform.to_array())
+    return {"file": name, "checksum": file_checksum(index_dir / name), "sha1": transform.sha1}
+
+
+def read_transform(index_dir: Path, recorded: dict | None) -> DescriptorTransform:
+    """A recorded descriptor transform (the identity for 'raw' or an older directory's none); IndexDamaged
+    when its file is missing, changed, or not what was recorded."""
+    if not (recorded or {}).get("file"):
+        return IDENTITY
+    path = index_dir / recorded["file"]
+    saved = _load_checked(path, recorded, "a descriptor transform")
+    try:
+        transform = DescriptorTransform.from_array(recorded["descriptor"], recorded["power"], saved)
+    except (KeyError, ValueError) as error:
+        raise IndexDamaged(f"{path}: {error}; rebuild with --force") from None
+    if transform.sha1 != recorded.get("sha1"):
+        raise IndexDamaged(f"{path} is not the transform the manifest records; rebuild with --force")
+    return transform
+
+
+def descriptors_name(fingerprint: str) -> str:
+    return f"descriptors.{fingerprint[:12]}.npy"
+
+
+def read_descriptors(index_dir: Path, recorded: dict, count: int, dimensions: int) -> np.ndarray:
+    """The descriptors of every stored row, memory-mapped, checked against their checksum and shape."""
+    path = index_dir / recorded["file"]
+    descriptors = _load_checked(path, recorded, "descriptors", mmap=True)
+    if descriptors.shape != (count, dimensions) or descriptors.dtype != np.float32:
+        raise IndexDamaged(f"{path} holds {descriptors.shape} {descriptors.dtype} values, not the "
+                           f"({count}, {dimensions}) float32 descriptors of this store; rebuild with --force")
+    return descriptors
+
+
 @contextlib.contextmanager
 def build_lock(index_dir: Path) -> Iterator[None]:
     """One builder per index directory at a time; a second one waits, then finds the work done.
@@ -244,8 +301,9 @@ def collect_garbage(index_dir: Path, manifest: dict) -> None:
     pending = manifest.get("pending") or {}
     entries = [*manifest["indices"].values(), *(pending.get("indices") or {}).values()]
     referenced = {entry[name] for entry in entries for name in FILES if name in entry}
-    referenced.add((manifest.get("projection") or {}).get("file"))
-    referenced.add((pending.get("projection") or {}).get("file"))
+    for record in SHARED:
+        referenced.add((manifest.get(record) or {}).get("file"))
+        referenced.add((pending.get(record) or {}).get("file"))
     for path in index_dir.iterdir():
         if OUR_FILE.match(path.name) and path.name not in referenced:
             path.unlink(missing_ok=True)
@@ -259,13 +317,19 @@ def verify(index_dir: Path) -> tuple[int, list[str]]:
     if manifest is None:
         return 0, [f"{index_dir}: no indices built"]
     problems, checked = [], 0
-    projection = manifest.get("projection") or {}
-    if projection.get("file"):
-        checked += 1
-        try:
-            read_projection(index_dir, manifest.get("metric", "euclidean"), projection)
-        except IndexDamaged as error:
-            problems.append(str(error))
+    readers = {"transform": lambda record: read_transform(index_dir, record),
+               "descriptors": lambda record: _load_checked(index_dir / record["file"], record, "descriptors",
+                                                           mmap=True),
+               "projection": lambda record: read_projection(index_dir, manifest.get("metric", "euclidean"),
+                                                            record)}
+    for name, read in readers.items():
+        record = manifest.get(name) or {}
+        if record.get("file"):
+            checked += 1
+            try:
+                read(record)
+            except IndexDamaged as error:
+                problems.append(str(error))
     for key, entry in sorted((manifest.get("indices") or {}).items()):
         checked += sum(kind in entry for kind in FILES) if isinstance(entry, dict) else 1
         problem = damage(index_dir, entry if isinstance(entry, dict) else {})

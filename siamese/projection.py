@@ -102,6 +102,7 @@ def fit_projection(vectors: np.ndarray, metric: str, k: int,
     count = len(vectors)
     rows = np.sort(np.random.default_rng(0).choice(count, min(count, sample), replace=False))
     chosen = np.asarray(vectors[rows], dtype=np.float32)
+    chosen = chosen[np.isfinite(chosen).all(axis=1)]  # an unusable row (NaN descriptor) is nobody's direction
     if metric == "angular":
         chosen = unit(chosen)
     mean = np.zeros(chosen.shape[1]) if metric == "dot" else chosen.mean(axis=0, dtype=np.float64)

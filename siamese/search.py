@@ -2,10 +2,14 @@
 
 How a query works, and why:
 
-* Annoy indexes a PCA projection of the vectors (siamese/projection.py); the projection only chooses
-  candidates, and every candidate is re-ranked with its exact distance, computed from the stored
-  vectors (the store's memory map). The distances reported are exact; the approximation can only cost
-  recall, which the number of candidates and `search_k` keep high.
+* What is searched is the collection's descriptors (siamese/descriptors.py): the stored vectors under
+  the transform fitted on the collection, kept in the index directory; a query (a stored row, a vector,
+  an upload's vector) goes through the same transform. With the 'raw' descriptor they are the stored
+  vectors themselves.
+* Annoy indexes a PCA projection of the descriptors (siamese/projection.py); the projection only
+  chooses candidates, and every candidate is re-ranked with its exact distance, computed from the
+  descriptors (a memory map). The distances reported are exact distances between descriptors; the
+  approximation can only cost recall, which the number of candidates and `search_k` keep high.
 * Each index hands over its candidates the cheapest way for its size: all of its rows when it is small
   (exact), a scan of its projected items (one matrix-vector product over a memory-mapped `.scan.npy`)
   when a tree search would have to collect a good part of it anyway, and Annoy's tree search when it
@@ -26,6 +30,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from siamese import index_dir as layout
+from siamese.descriptors import DescriptorTransform
 from siamese.periods import Period, periods_between
 from siamese.projection import Projection, closest_first, exact_distances, ranking_scores
 from siamese.vector_store import VectorStore
@@ -82,7 +87,7 @@ class Query:
     """A query as every index reads it; `row` is its own store row (left out of its results), or -1."""
 
     row: int
-    vector: np.ndarray  # as stored
+    vector: np.ndarray  # the descriptor
     annoy: list[float]  # projected, for Annoy
     scan: np.ndarray  # projected, for the scan matrices
 
@@ -119,10 +124,21 @@ class SearchCore:
                                       f"{store.directory} (build again)")
         self.metric: str = manifest["metric"]
         self.step_sizes = layout.built_step_sizes(manifest) if step_sizes is None else list(step_sizes)
+        self.transform: DescriptorTransform = layout.read_transform(self.index_dir, manifest.get("transform"))
+        descriptor_dimensions = self.transform.dimensions(store.n_dimensions)
+        if self.transform.is_identity:
+            descriptors = store.vectors
+        else:
+            recorded = manifest.get("descriptors")
+            if not recorded or not recorded.get("file"):
+                raise layout.IndexDamaged(f"{self.index_dir / layout.MANIFEST} names no descriptors; "
+                                          f"{layout.REBUILD}")
+            descriptors = layout.read_descriptors(self.index_dir, recorded, store.count,
+                                                  descriptor_dimensions)
         self.projection: Projection = layout.read_projection(self.index_dir, self.metric,
                                                              manifest.get("projection"))
-        annoy_metric = self.projection.annoy_metric(manifest["n_dimensions"], manifest["index_dimensions"])
-        dimensions = self.projection.dimensions(store.n_dimensions)
+        annoy_metric = self.projection.annoy_metric(descriptor_dimensions, manifest["index_dimensions"])
+        dimensions = self.projection.dimensions(descriptor_dimensions)
         years = manifest["years"]
         self.years: tuple[int, int] | None = (years[0], years[1]) if years else None
         whole = Period(*self.years) if self.years else None
@@ -133,7 +149,7 @@ class SearchCore:
                 self._load(manifest, layout.index_key(step, period.start), period, dimensions, annoy_metric)
                 for period in periods_between(*(self.years or (0, -1)), step)]
         _ = "" in store  # reads the items and their urns now, not in a first query
-        self.vectors = np.asarray(store.vectors)  # a plain ndarray: no np.memmap overhead per gather
+        self.vectors = np.asarray(descriptors)  # a plain ndarray: no np.memmap overhead per gather
 
     def _load(self, manifest: dict, key: str, period: Period | None, dimensions: int,
               annoy_metric: str) -> Index:
@@ -167,11 +183,15 @@ class SearchCore:
     # ------------------------------------------------------------------------------------ queries
 
     def query_for_row(self, row: int) -> Query:
-        return self.query_for_vector(np.array(self.vectors[row]), row)
+        return self._query(np.array(self.vectors[row]), row)
 
-    def query_for_vector(self, vector: np.ndarray, row: int = -1) -> Query:
-        projected = self.projection.query(vector)
-        return Query(row, vector, projected.tolist(), self.projection.scan_query(projected))
+    def query_for_vector(self, vector: np.ndarray) -> Query:
+        """A query by a vector as stored (the collection's model's); it is transformed here."""
+        return self._query(self.transform.apply(vector))
+
+    def _query(self, descriptor: np.ndarray, row: int = -1) -> Query:
+        projected = self.projection.query(descriptor)
+        return Query(row, descriptor, projected.tolist(), self.projection.scan_query(projected))
 
     def search(self, query: Query, plan: dict[str, int],
                include_self: bool = False) -> dict[str, list[PeriodHits]]:

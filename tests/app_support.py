@@ -149,7 +149,9 @@ def build_histogram_collection(directory: Path) -> HistogramCollection:
     report = extract_vectors(csv_path, vector_dir, model="colour-histogram", progress=False)
     assert report.stored == HISTOGRAM_COUNT and not report.rejects, report.rejects
     make_thumbnails(csv_path, thumbnail_dir, workers=1, progress=False)
-    build_indices(VectorStore(vector_dir), index_dir, IndexConfig(step_sizes=(10, 1)), verbose=False)
+    # 60 rows keep at most 59 whitened dimensions: a 16-d projection so that periods have scan files too
+    build_indices(VectorStore(vector_dir), index_dir, IndexConfig(step_sizes=(10, 1), index_dimensions=16),
+                  verbose=False)
     urns = [row["urn"] for row in rows]
     return HistogramCollection(vector_dir, index_dir, thumbnail_dir, csv_path, urns,
                                {urns[index]: urns[index + half] for index in range(half)},

@@ -13,6 +13,7 @@ from annoy import AnnoyIndex
 
 from annoy_indexer import METRICS, AnnoyIndexer, SearchSettings, exact_distances, read_manifest
 from siamese.index_build import IndexConfig, build_indices
+from siamese.index_dir import read_projection, read_transform
 from siamese.vector_store import VectorStore, VectorStoreWriter
 from stores import GAP_YEARS, LONELY_YEAR, make_store, synthetic
 
@@ -21,10 +22,18 @@ pytestmark = pytest.mark.fast  # no model, no browser: make test-fast
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def brute_force(store: VectorStore, row: int, rows: np.ndarray, n: int,
-                metric: str) -> tuple[list, np.ndarray]:
+def descriptors_of(store: VectorStore, index_dir: Path) -> np.ndarray:
+    """The stored vectors under the transform saved in `index_dir`, applied here, not read from the
+    descriptors the build wrote: what the search ranks must be exactly this."""
+    transform = read_transform(index_dir, read_manifest(index_dir)["transform"])
+    return transform.apply(np.asarray(store.vectors))
+
+
+def brute_force(store: VectorStore, row: int, rows: np.ndarray, n: int, metric: str,
+                index_dir: Path) -> tuple[list, np.ndarray]:
     rows = rows[rows != row]
-    distances = exact_distances(np.asarray(store.vectors[rows]), np.asarray(store.vectors[row]), metric)
+    vectors = descriptors_of(store, index_dir)
+    distances = exact_distances(vectors[rows], vectors[row], metric)
     order = np.argsort(-distances if metric == "dot" else distances, kind="stable")[:n]
     return [store.items[r]["urn"] for r in rows[order]], distances[order]
 
@@ -54,6 +63,9 @@ def test_build_writes_real_annoy_files_and_the_rows_of_their_items(built):
     store = VectorStore(built.vector_dir)
     assert (manifest["metric"], manifest["model"]) == ("euclidean", "test-model")
     assert manifest["n_dimensions"] == 16
+    assert (manifest["descriptor"], manifest["descriptor_dimensions"]) == ("whitened", 16)  # the defaults
+    dimensions = read_projection(built.index_dir, "euclidean", manifest["projection"]).dimensions(16)
+    assert dimensions == manifest["index_dimensions"] + 1 == 16 // 2 + 1  # a PCA and its residual
     assert manifest["store_count"] == len(store) and manifest["n_trees"] >= 1
     years = store.years()
     assert set(manifest["indices"]) == {"all"} | {f"10/{start}" for start in (1940, 1950, 1960)} | {
@@ -63,7 +75,7 @@ def test_build_writes_real_annoy_files_and_the_rows_of_their_items(built):
             assert entry["count"] == 0 and "annoy" not in entry  # empty period: no index needed
             continue
         rows = np.load(built.index_dir / entry["rows"])
-        annoy = AnnoyIndex(manifest["n_dimensions"], "euclidean")
+        annoy = AnnoyIndex(dimensions, "euclidean")
         annoy.load(str(built.index_dir / entry["annoy"]))
         assert annoy.get_n_items() == len(rows) == entry["count"] > 0
         if key == "all":
@@ -172,7 +184,7 @@ def test_query_whole_collection_and_one_step(built):
     store = VectorStore(built.vector_dir)
     neighbours = built.query("urn:test:5", n=6)
     row = store.row_of("urn:test:5")
-    expected, distances = brute_force(store, row, np.arange(len(store)), 6, "euclidean")
+    expected, distances = brute_force(store, row, np.arange(len(store)), 6, "euclidean", built.index_dir)
     assert [neighbour["urn"] for neighbour in neighbours] == expected
     np.testing.assert_allclose([neighbour["distance"] for neighbour in neighbours], distances, rtol=1e-5)
     periods = built.query("urn:test:5", n=2, step=10)
@@ -215,8 +227,9 @@ def test_parameters_are_validated_with_clear_messages(tmp_path):
 # ------------------------------------------------------------------------------------------- results
 
 SEARCHES = {
-    "exact": {},  # 16-d vectors are indexed as they are, and periods this small are searched exhaustively
-    "annoy": {"brute_force_max_rows": 0, "scan_below": 0},  # Annoy's trees on the vectors themselves
+    # 16-d descriptors indexed as they are, and periods this small searched exhaustively
+    "exact": {"index_dimensions": 16},
+    "annoy": {"index_dimensions": 16, "brute_force_max_rows": 0, "scan_below": 0},  # trees on the descriptors
     "projected scan": {"index_dimensions": 6, "brute_force_max_rows": 0},  # a 6-d PCA, scanned
     "projected annoy": {"index_dimensions": 6, "brute_force_max_rows": 0, "scan_below": 0},
 }
@@ -243,14 +256,15 @@ def test_every_metric_ranks_like_brute_force(tmp_path, metric, search):
         for periods in [[whole], *indexer.query_all(urn, n_nns=5)["steps"].values()]:
             for period in periods:
                 rows = period_rows(store, period["start"], period["end"])
-                expected, distances = brute_force(store, row, rows, 5, metric)
+                expected, distances = brute_force(store, row, rows, 5, metric, indexer.index_dir)
                 found = period["neighbours"]
                 assert len(found) == len(expected)
                 got = [neighbour["distance"] for neighbour in found]
                 assert got == sorted(got, reverse=metric == "dot")
                 for neighbour in found:  # reported distances are the exact ones
-                    exact = exact_distances(store.vectors[[store.row_of(neighbour["urn"])]],
-                                            np.asarray(store.vectors[row]), metric)[0]
+                    vectors = descriptors_of(store, indexer.index_dir)
+                    found_row = store.row_of(neighbour["urn"])
+                    exact = exact_distances(vectors[[found_row]], vectors[row], metric)[0]
                     assert neighbour["distance"] == pytest.approx(float(exact), rel=1e-4, abs=1e-5)
                 hits += len(set(expected) & {neighbour["urn"] for neighbour in found})
                 total += len(expected)
@@ -259,11 +273,13 @@ def test_every_metric_ranks_like_brute_force(tmp_path, metric, search):
 
 
 def test_recall_at_10_on_a_clustered_collection_is_at_least_099(tmp_path):
+    """The projection's machinery on raw vectors whose clusters live in a few directions (whitening
+    spreads them over all: bench/demo_recall.py measures the whitened descriptors of real images)."""
     store_dir = make_store(tmp_path / "vectors", n=3000, dim=48, seed=5)
     store = VectorStore(store_dir)
     for search in ("projected scan", "projected annoy"):
         indexer = configured(store_dir, tmp_path / search, "euclidean", search,
-                             index_dimensions=12)
+                             index_dimensions=12, descriptor="raw")
         hits = total = 0
         for row in range(0, len(store), 60):
             urn = store.items[row]["urn"]
@@ -272,7 +288,7 @@ def test_recall_at_10_on_a_clustered_collection_is_at_least_099(tmp_path):
                         {"start": 0, "end": 9999, "neighbours": indexer.query(urn, n=10)}]
             for period in sections:
                 expected, _ = brute_force(store, row, period_rows(store, period["start"], period["end"]), 10,
-                                          "euclidean")
+                                          "euclidean", indexer.index_dir)
                 hits += len(set(expected) & {neighbour["urn"] for neighbour in period["neighbours"]})
                 total += len(expected)
         assert hits / total >= 0.99, f"recall@10 {hits / total:.4f} ({search})"
@@ -403,7 +419,9 @@ def test_another_metric_on_the_same_index_dir_is_refused_and_nothing_is_deleted(
     angular.build(force=True)
     assert read_manifest(tmp_path / "indices")["metric"] == "angular"
     assert angular.query_all("urn:test:1")["steps"]["10"]
-    assert not set(before) - {"index.json"} & set(files_of(tmp_path / "indices"))  # replaced, not left over
+    # replaced, not left over; the descriptors do not depend on the metric: written again, same content
+    kept = set(before) - {"index.json"} & set(files_of(tmp_path / "indices"))
+    assert kept and all(name.startswith(("transform.", "descriptors.")) for name in kept)
 
 
 def test_another_model_in_the_store_is_refused(tmp_path):

@@ -16,9 +16,10 @@ from PIL import Image
 from webtest import TestApp
 
 import app as app_module
-from annoy_indexer import AnnoyIndexer
+from annoy_indexer import AnnoyIndexer, read_manifest
 from app import MAX_NNS, Collection, CollectionError, make_app
 from app_support import ODD_YEAR, call
+from siamese.index_dir import read_transform
 from siamese.vector_store import VectorStore
 
 
@@ -86,8 +87,11 @@ def test_whole_collection_neighbours_are_the_exact_nearest_by_increasing_distanc
     assert len(neighbours) == 10 and all(set(n) == NEIGHBOUR_FIELDS for n in neighbours)
     assert all(n["thumbnail"] == thumbnail_url(n["urn"]) for n in neighbours)
     assert urn not in [n["urn"] for n in neighbours]
-    query = store.vectors[store.row_of(urn)]
-    exact = np.linalg.norm(store.vectors - query, axis=1)
+    # in the index directory's descriptor space: its saved transform, applied here to the stored vectors
+    manifest = read_manifest(app_collection.index_dir)
+    transform = read_transform(app_collection.index_dir, manifest["transform"])
+    descriptors = transform.apply(np.asarray(store.vectors))
+    exact = np.linalg.norm(descriptors - descriptors[store.row_of(urn)], axis=1)
     exact[store.row_of(urn)] = np.inf
     expected = [store.items[row]["urn"] for row in np.argsort(exact, kind="stable")[:10]]
     assert [n["urn"] for n in neighbours] == expected  # 49 items: every search is exhaustive, so exact
