@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from annoy_indexer import AnnoyIndexer, read_manifest  # noqa: E402
+from annoy_indexer import AnnoyIndexer, SearchSettings, read_manifest  # noqa: E402
 from siamese.index_dir import read_transform  # noqa: E402
 from siamese.vector_store import VectorStore  # noqa: E402
 
@@ -54,14 +54,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--descriptor", default=None, help="for a new index dir (default: annoy_indexer's)")
     parser.add_argument("--index-dimensions", type=int, default=None, help="for a new index dir")
+    parser.add_argument("--candidate-multiplier", type=float, default=None,
+                        help="SearchSettings.candidate_multiplier (default: the search core's)")
     args = parser.parse_args()
 
     store = VectorStore(args.vector_dir)
     manifest = read_manifest(args.index_dir) or {}
     if manifest.get("metric", "euclidean") != "euclidean":
         raise SystemExit("demo_recall.py: only euclidean indices are compared with brute force")
+    settings = SearchSettings() if args.candidate_multiplier is None else \
+        SearchSettings(candidate_multiplier=args.candidate_multiplier)
     indexer = AnnoyIndexer(args.vector_dir, args.index_dir, verbose=False, descriptor=args.descriptor,
-                           index_dimensions=args.index_dimensions)
+                           index_dimensions=args.index_dimensions, search_settings=settings)
     if not manifest:
         indexer.build()
     manifest = read_manifest(args.index_dir)

@@ -30,7 +30,11 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import os
+import platform
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -148,10 +152,188 @@ def prepare(work: Path, source: Path, n_images: int, n_originals: int) -> None:
     print(f"{len(drawings)} drawings ({len(originals)} originals) and {len(copies)} copies in {images}")
 
 
+# ------------------------------------------------------------------------------------ extract
+
+def random_weights_embedder():
+    """Inception v3 with random weights (seeded), the 2015 model's input scaling: the floor any claim
+    of similarity must clear (a random network still groups crops of one picture)."""
+    import keras
+
+    from siamese.inception2015 import preprocess_2015
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.InceptionV3(weights=None, include_top=False, pooling="avg",
+                                           input_shape=(299, 299, 3))
+    return lambda batch: np.asarray(model.predict_on_batch(preprocess_2015(batch)), dtype=np.float32)
+
+
+def extract(work: Path, name: str) -> None:
+    """The vectors of the drawings and the copies, into work/vectors/<name>/{drawings,copies}."""
+    from extract_vectors import extract_vectors
+
+    embedder = random_weights_embedder() if name == "random-weights" else None
+    for part in ("drawings", "copies"):
+        report = extract_vectors(work / "images" / f"{part}.csv", work / "vectors" / name / part,
+                                 model="inception-v3-2015", embedder=embedder, batch_size=32)
+        print(f"{name} {part}: {report.summary(work / 'vectors' / name / part)}")
+
+
+# ------------------------------------------------------------------------------------ evaluate
+
+DESCRIPTOR_CONFIGURATIONS = {  # label -> AnnoyIndexer keywords
+    "raw": {"descriptor": "raw"},
+    "whitened 256": {"descriptor": "whitened", "descriptor_dimensions": 256},
+    "whitened 512": {"descriptor": "whitened", "descriptor_dimensions": 512},
+    "whitened 1024": {"descriptor": "whitened", "descriptor_dimensions": 1024},
+}
+
+
+def ranks_of(descriptors: np.ndarray, queries: np.ndarray, targets: np.ndarray,
+             exclude: np.ndarray | None = None) -> np.ndarray:
+    """1-based rank of each target among all rows for its query (exact euclidean; `exclude` rows
+    (e.g. the query itself) never count)."""
+    squares = np.einsum("ij,ij->i", descriptors, descriptors)
+    distances = squares[None, :] - 2 * queries @ descriptors.T
+    if exclude is not None:
+        distances[np.arange(len(queries)), exclude] = np.inf
+    own = distances[np.arange(len(queries)), targets]
+    return (distances < own[:, None]).sum(axis=1) + 1
+
+
+def index_bytes(index_dir: Path) -> int:
+    return sum(path.stat().st_size for path in index_dir.iterdir() if path.suffix in (".ann", ".npy"))
+
+
+def evaluate_configuration(work: Path, name: str, label: str, keywords: dict, annoy: bool) -> dict:
+    """Per profile: copy -> original (top-1, MRR; exact, and Annoy as the app answers), and
+    original -> copy recall@5 (exact, the copies indexed with the drawings)."""
+    from annoy_indexer import AnnoyIndexer, read_manifest
+    from siamese.descriptors import fit_descriptor_transform
+    from siamese.index_dir import read_transform
+    from siamese.vector_store import VectorStore
+
+    drawings_dir, copies_dir = work / "vectors" / name / "drawings", work / "vectors" / name / "copies"
+    drawings, copies = VectorStore(drawings_dir), VectorStore(copies_dir)
+    row_of = {urn: row for row, urn in enumerate(drawings.urns)}
+    profiles = np.array([urn.split(":")[1] for urn in copies.urns])
+    targets = np.array([row_of["drawing:" + urn.split(":")[2]] for urn in copies.urns])
+    index_dir = work / "indices" / name / label.replace(" ", "-")
+    indexer = AnnoyIndexer(drawings_dir, index_dir, step_sizes=[10], verbose=False, **keywords)
+    if read_manifest(index_dir) is None:
+        indexer.build()
+    transform = read_transform(index_dir, read_manifest(index_dir).get("transform"))
+    stored = np.asarray(drawings.vectors)
+    descriptors, queries = transform.apply(stored), transform.apply(np.asarray(copies.vectors))
+    exact = ranks_of(descriptors, queries, targets)
+    result = {"profiles": {}, "bytes_per_image": index_bytes(index_dir) / drawings.count,
+              "dimensions": descriptors.shape[1]}
+    annoy_ranks, times = np.full(len(targets), 10**6), []
+    if annoy:
+        indexer.query_vector(np.asarray(copies.vectors[0]), n=1)  # loaded before timing
+        for i in tqdm(range(copies.count), desc=f"annoy {name} {label}", unit="q", file=sys.stderr,
+                      leave=False):
+            started = time.perf_counter()
+            found = indexer.query_vector(np.asarray(copies.vectors[i]), n=10)
+            times.append((time.perf_counter() - started) * 1000)
+            urns = [neighbour["urn"] for neighbour in found]
+            original = drawings.urns[targets[i]]
+            annoy_ranks[i] = urns.index(original) + 1 if original in urns else 10**6
+        result["query_ms"] = float(np.median(times))
+    for profile in PROFILES:
+        mask = profiles == profile
+        figures = {"top1": float(np.mean(exact[mask] == 1)), "mrr": float(np.mean(1 / exact[mask]))}
+        if annoy:
+            figures["annoy_top1"] = float(np.mean(annoy_ranks[mask] == 1))
+        # original -> copy: the copies of this profile indexed with the drawings (the transform fitted
+        # on that collection, as a build would), each original's copy among its 5 nearest
+        collection = np.vstack([stored, np.asarray(copies.vectors)[mask]])
+        if keywords["descriptor"] == "raw":
+            joint = collection
+        else:
+            joint = fit_descriptor_transform(collection, "whitened", keywords["descriptor_dimensions"])[0] \
+                .apply(collection)
+        originals = targets[mask]
+        copy_rows = drawings.count + np.arange(mask.sum())
+        ranks = ranks_of(joint, joint[originals], copy_rows, exclude=originals)
+        figures["recall5"] = float(np.mean(ranks <= 5))
+        result["profiles"][profile] = figures
+    tops = [figures["top1"] for figures in result["profiles"].values()]
+    result["mean_top1"], result["min_top1"] = float(np.mean(tops)), float(np.min(tops))
+    return result
+
+
+def copies_table(results: dict) -> list[str]:
+    head = "| vectors | descriptor | " + " | ".join(PROFILES) + " | mean | min | Annoy mean | query ms | " \
+           "index bytes/image |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (name, label), result in results.items():
+        cells = [f"{result['profiles'][p]['top1']:.3f}" for p in PROFILES]
+        annoy = [result["profiles"][p].get("annoy_top1") for p in PROFILES]
+        annoy_mean = f"{np.mean(annoy):.3f}" if None not in annoy else ""
+        ms = f"{result['query_ms']:.2f}" if "query_ms" in result else ""
+        lines.append(f"| {name} | {label} ({result['dimensions']}-d) | " + " | ".join(cells) +
+                     f" | {result['mean_top1']:.3f} | {result['min_top1']:.3f} | {annoy_mean} | {ms} | "
+                     f"{result['bytes_per_image']:,.0f} |")
+    return lines
+
+
+def second_table(results: dict, key: str) -> list[str]:
+    head = "| vectors | descriptor | " + " | ".join(PROFILES) + " | mean |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (name, label), result in results.items():
+        values = [result["profiles"][p][key] for p in PROFILES]
+        lines.append(f"| {name} | {label} | " + " | ".join(f"{v:.3f}" for v in values) +
+                     f" | {np.mean(values):.3f} |")
+    return lines
+
+
+def evaluate(work: Path, out: Path, names: list[str]) -> None:
+    started = time.perf_counter()
+    results = {}
+    for name in names:
+        if not (work / "vectors" / name / "copies" / "store.json").is_file():
+            print(f"{name}: no vectors (run: python bench/scan_copies.py extract --vectors {name})",
+                  file=sys.stderr)
+            continue
+        for label, keywords in DESCRIPTOR_CONFIGURATIONS.items():
+            annoy = name != "random-weights"
+            results[(name, label)] = evaluate_configuration(work, name, label, keywords, annoy)
+            print(" ".join(copies_table({(name, label): results[(name, label)]})[-1].split()), flush=True)
+    drawings, copies = (len((work / "images" / f"{part}.csv").read_text(encoding="utf-8").splitlines()) - 1
+                        for part in ("drawings", "copies"))
+    lines = ["# Scan copies: does a re-scanned or reprinted copy find its original?", "",
+             "Made by `bench/scan_copies.py` (issue 10); numbers below are from one run.", "",
+             f"* command: `python bench/scan_copies.py evaluate` (after `prepare` and `extract`), "
+             f"{(time.perf_counter() - started) / 60:.1f} min",
+             f"* machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"Python {platform.python_version()}",
+             f"* date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+             f"* data: {drawings:,} distinct OpenClipArt drawings (Debian `openclipart-png`, near-duplicates "
+             f"dropped by a perceptual hash), {copies // len(PROFILES)} of them copied under each of "
+             f"{len(PROFILES)} profiles ({copies:,} copies): " + ", ".join(PROFILES), "",
+             "## Copy -> original: top-1", "",
+             "Each copy queried by its vector (as an upload is) among the drawings; the fraction whose "
+             "original comes first. Exact search in the descriptor space; \"Annoy mean\" is the same "
+             "through AnnoyIndexer.query_vector (PCA projection, Annoy candidates, exact re-ranking), "
+             "\"query ms\" its median latency, \"index bytes/image\" the index directory's files "
+             "(descriptors, Annoy, scan and rows) per drawing.", "",
+             *copies_table(results), "",
+             "## Copy -> original: mean reciprocal rank (exact)", "", *second_table(results, "mrr"), "",
+             "## Original -> copy: recall@5", "",
+             "The copies of one profile indexed with the drawings (the transform fitted on that "
+             "collection); the fraction of originals whose copy is among their 5 nearest.", "",
+             *second_table(results, "recall5"), ""]
+    out.write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["prepare", "extract", "evaluate"])
+    parser.add_argument("--vectors", nargs="+", default=["inception-v3-2015", "random-weights"],
+                        help="which vectors: inception-v3-2015 (the real model), random-weights (the floor)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scan-copies.md")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--source", type=Path, default=SOURCE)
     parser.add_argument("--images", type=int, default=3000)
@@ -159,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.stage == "prepare":
         prepare(args.work, args.source, args.images, args.originals)
+    elif args.stage == "extract":
+        for name in args.vectors:
+            extract(args.work, name)
+    else:
+        evaluate(args.work, args.out, args.vectors)
     return 0
 
 

@@ -103,7 +103,7 @@ class Collection:
     def info(self) -> dict:
         """What a client needs before asking: size, years, model, metric and the step sizes built."""
         return {"count": self.count, "model": self.store.model, "n_dimensions": self.store.n_dimensions,
-                "metric": self.metric, "steps": self.steps,
+                "descriptor": self.core.descriptor, "metric": self.metric, "steps": self.steps,
                 "years": None if self.years is None else {"first": self.years[0], "last": self.years[1]}}
 
     def __contains__(self, urn: object) -> bool:

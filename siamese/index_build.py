@@ -77,11 +77,10 @@ class IndexConfig:
         index directory's setting, or 'whitened' for a new one ('raw' for a directory built before).
     descriptor_dimensions : the whitened descriptors' dimensions (None: the directory's, or 512).
     index_dimensions : dimensions of the PCA projection of the descriptors that Annoy indexes; None:
-        the index directory's setting, or for a new one 128 for raw descriptors (64 gave recall@10 of
-        only 0.965 on the real Inception vectors of the demo; 128 gives 0.996) and half the dimensions
-        of whitened ones (their variance is spread more evenly: on the demo, 128 of 512 gave recall@10
-        0.978 / 0.930 / 0.930 for the whole collection / step 10 / step 1, 256 gives 0.999 / 0.995 /
-        0.992); the descriptors' dimensions or more indexes them as they are.
+        the index directory's setting, or 128 for a new one (64 gave recall@10 of only 0.965 on the
+        real Inception vectors of the demo, 128 gives 0.996; whitened descriptors spread their variance
+        more evenly, and the search keeps more candidates for them: SearchSettings.candidate_multiplier);
+        the descriptors' dimensions or more indexes them as they are.
     """
 
     metric: str = "euclidean"
@@ -115,8 +114,7 @@ class IndexConfig:
         else:
             dimensions = min(choose("descriptor_dimensions", DEFAULT_DESCRIPTOR_DIMENSIONS, same),
                              store.n_dimensions)
-        k = choose("index_dimensions", DEFAULT_INDEX_DIMENSIONS if descriptor == "raw" else dimensions // 2,
-                   same)
+        k = choose("index_dimensions", DEFAULT_INDEX_DIMENSIONS, same)
         return {"metric": self.metric, "model": store.model, "n_dimensions": store.n_dimensions,
                 "descriptor": descriptor, "descriptor_dimensions": dimensions,
                 "index_dimensions": min(k, dimensions), "n_trees": choose("n_trees", DEFAULT_N_TREES)}

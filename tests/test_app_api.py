@@ -260,8 +260,10 @@ def test_head_is_answered_like_get(client, app_collection):
 
 def test_collection_describes_what_can_be_asked(client, collection, app_collection):
     body = get(client, "/api/collection")
-    assert body == {"count": 49, "model": "inception-v3-2015", "n_dimensions": 2048, "metric": "euclidean",
-                    "steps": [10, 1], "years": {"first": collection.years[0], "last": collection.years[1]},
+    assert body == {"count": 49, "model": "inception-v3-2015", "n_dimensions": 2048,
+                    "descriptor": {"kind": "whitened", "dimensions": 48},  # 49 rows span 48 directions
+                    "metric": "euclidean", "steps": [10, 1],
+                    "years": {"first": collection.years[0], "last": collection.years[1]},
                     "max_nns": MAX_NNS}
     assert_error(get(client, "/api/collection", status=400, urn="x"), 400, "/api/collection takes no param")
 

@@ -179,5 +179,5 @@ def test_the_cli_builds_each_descriptor(tmp_path):
     assert read_manifest(tmp_path / "raw")["descriptor"] == "raw"
     whitened = read_manifest(tmp_path / "w")
     assert (whitened["descriptor"], whitened["descriptor_dimensions"], whitened["index_dimensions"]) \
-        == ("whitened", 8, 4)
+        == ("whitened", 8, 8)
     assert Path(tmp_path / "w" / whitened["descriptors"]["file"]).stat().st_size > 120 * 8 * 4
