@@ -45,7 +45,9 @@ sys.path.insert(0, str(ROOT))
 from annoy_indexer import AnnoyIndexer, read_manifest  # noqa: E402
 from extract_vectors import extract_vectors  # noqa: E402
 from siamese.backbones import BACKBONES, BackboneError  # noqa: E402
+from siamese.descriptors import DEFAULT_DESCRIPTOR, DESCRIPTORS  # noqa: E402
 from siamese.images import ImageRejected, load_model_input, open_rgb  # noqa: E402
+from siamese.index_dir import read_transform  # noqa: E402
 from siamese.vector_store import VectorStore, VectorStoreWriter  # noqa: E402
 
 DEMO = ROOT / "data" / "demo"
@@ -94,10 +96,17 @@ def ensure_vectors(metadata_csv: Path, vector_dir: Path, model: str, images_root
     return ""
 
 
-def indexer_for(vector_dir: Path, index_dir: Path) -> AnnoyIndexer:
-    indexer = AnnoyIndexer(vector_dir, index_dir, step_sizes=[10], verbose=False)
+def indexer_for(vector_dir: Path, index_dir: Path, descriptor: str) -> AnnoyIndexer:
+    indexer = AnnoyIndexer(vector_dir, index_dir, step_sizes=[10], verbose=False, descriptor=descriptor)
     indexer.build()
     return indexer
+
+
+def descriptors_of(indexer: AnnoyIndexer, vectors: np.ndarray) -> np.ndarray:
+    """`vectors` in the descriptor space of the indexer's indices (its saved transform applied here):
+    exact search there is what the indices approximate."""
+    transform = read_transform(indexer.index_dir, read_manifest(indexer.index_dir).get("transform"))
+    return transform.apply(np.asarray(vectors))
 
 
 # ------------------------------------------------------------------------------------ twin task
@@ -143,7 +152,7 @@ def twitter_store(store: VectorStore, twitter: np.ndarray, directory: Path) -> V
     return VectorStore(directory)
 
 
-def twin_task(model: str, work: Path) -> dict:
+def twin_task(model: str, work: Path, descriptor: str) -> dict:
     if model == "inception-v3-2015" and (DEMO / "vectors" / "store.json").is_file():
         vector_dir = DEMO / "vectors"  # made by `make demo`; only read here
     else:
@@ -157,8 +166,8 @@ def twin_task(model: str, work: Path) -> dict:
     queries, twins, twitter = twin_pairs(store.urns)
     started = time.perf_counter()
     # (a) among all the other 7,571 images, as the app searches: both makers
-    indexer = indexer_for(vector_dir, work / model / "emoji-indices")
-    exact = exact_order(store.vectors, queries, MRR_DEPTH)
+    indexer = indexer_for(vector_dir, work / model / f"emoji-indices-{descriptor}", descriptor)
+    exact = exact_order(descriptors_of(indexer, store.vectors), queries, MRR_DEPTH)
     annoy = annoy_order(indexer, store, queries, MRR_DEPTH, f"twin {model}")
     result = {"pairs": len(queries), "items": store.count,
               "all": {"exact": rank_figures(exact, twins), "annoy": rank_figures(annoy, twins)},
@@ -167,10 +176,11 @@ def twin_task(model: str, work: Path) -> dict:
     # (b) among the Twitter drawings only (an index of them alone; the Google image queried by its
     # vector, as an upload would be): the cross-maker retrieval, without the same maker's look-alikes
     only = twitter_store(store, twitter, work / model / "twitter-vectors")
-    twitter_indexer = indexer_for(only.directory, work / model / "twitter-indices")
+    twitter_indexer = indexer_for(only.directory, work / model / f"twitter-indices-{descriptor}", descriptor)
     row_in_only = {urn: row for row, urn in enumerate(only.urns)}
     targets = np.array([row_in_only[store.urns[row]] for row in twins])
-    exact_only = exact_order_among(store.vectors, queries, twitter, MRR_DEPTH)
+    in_twitter_space = descriptors_of(twitter_indexer, store.vectors)
+    exact_only = exact_order_among(in_twitter_space, queries, twitter, MRR_DEPTH)
     exact_only = np.vectorize(lambda row: row_in_only[store.urns[row]])(exact_only)
     annoy_only = np.full((len(queries), MRR_DEPTH), -1, dtype=np.int64)
     for i, row in enumerate(tqdm(queries, desc=f"annoy twitter-only {model}", unit="q", file=sys.stderr,
@@ -265,7 +275,7 @@ def make_perturbed_set(stamps: Path, out: Path, n: int) -> tuple[Path, int]:
     return metadata, used
 
 
-def perturb_task(model: str, work: Path, metadata: Path) -> dict:
+def perturb_task(model: str, work: Path, metadata: Path, descriptor: str) -> dict:
     vector_dir = work / model / "perturb-vectors"
     why = ensure_vectors(metadata, vector_dir, model)
     if why:
@@ -275,8 +285,8 @@ def perturb_task(model: str, work: Path, metadata: Path) -> dict:
     originals = np.array([row for row, urn in enumerate(urns) if urn.count(":") == 1])
     group = np.array([urn.split(":")[1] for urn in urns])
     started = time.perf_counter()
-    indexer = indexer_for(vector_dir, work / model / "perturb-indices")
-    orders = {"exact": exact_order(store.vectors, originals, max(KS)),
+    indexer = indexer_for(vector_dir, work / model / f"perturb-indices-{descriptor}", descriptor)
+    orders = {"exact": exact_order(descriptors_of(indexer, store.vectors), originals, max(KS)),
               "annoy": annoy_order(indexer, store, originals, max(KS), f"perturb {model}")}
     result = {"originals": len(originals), "items": store.count, "seconds": time.perf_counter() - started}
     copies = len(PERTURBATIONS)
@@ -298,7 +308,7 @@ def perturb_task(model: str, work: Path, metadata: Path) -> dict:
 def annoy_settings(work: Path) -> str:
     """The settings the indices were built with, as their manifests say."""
     settings = set()
-    for manifest_path in sorted(work.glob("*/*-indices/index.json")):
+    for manifest_path in sorted(work.glob("*/*-indices-*/index.json")):
         manifest = read_manifest(manifest_path.parent)
         settings.add(f"{manifest['index_dimensions']}-d PCA projection, {manifest['n_trees']} trees")
     return "; ".join(sorted(settings)) or "no indices"
@@ -358,7 +368,7 @@ def reading(twins: dict, perturbs: dict) -> list[str]:
         pixels = done["raw pixels 32x32"]["twitter"]["exact"]["r10"]
         verdicts = []
         for model, result in done.items():
-            if model in ("raw pixels 32x32", "colour-histogram"):
+            if model == "raw pixels 32x32" or model.startswith("colour-histogram"):
                 continue
             gain = result["twitter"]["exact"]["r10"] - pixels
             verdict = ("hardly better than" if gain < 0.05 else "better than" if gain < 0.10
@@ -371,8 +381,9 @@ def reading(twins: dict, perturbs: dict) -> list[str]:
             + "the colour histogram is nearly useless here (most emoji share one yellow and white). The "
             "emoji are 64-pixel flat drawings, scaled up to each network's input: far from the photos "
             "ImageNet networks learnt from, and a hard test for all of them.")
-    if "inception-v3-2015" in done:
-        inc_all = done["inception-v3-2015"]["all"]["exact"]
+    default = f"inception-v3-2015 ({DEFAULT_DESCRIPTOR})"
+    if default in done:
+        inc_all = done[default]["all"]["exact"]
         lines.append(
             f"* Among all the images (both makers, as the app searches) the twin comes first for only "
             f"{inc_all['r1']:.1%} with Inception v3: the nearest images are mostly the same maker's other "
@@ -410,10 +421,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perturb-n", type=int, default=500)
     parser.add_argument("--skip-perturb", action="store_true")
     parser.add_argument("--models", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
+    parser.add_argument("--descriptors", nargs="+", default=list(DESCRIPTORS), choices=list(DESCRIPTORS),
+                        help="descriptor spaces to search (siamese/descriptors.py; default: all)")
     args = parser.parse_args(argv)
     work = Path(args.work)
     started = time.perf_counter()
-    twins = {model: twin_task(model, work) for model in args.models}
+    twins = {f"{model} ({descriptor})": twin_task(model, work, descriptor)
+             for model in args.models for descriptor in args.descriptors}
     twins["raw pixels 32x32"] = pixels_reference()
     perturbs: dict = {}
     note = ""
@@ -421,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         stamps = Path(args.stamps)
         if stamps.is_dir():
             metadata, used = make_perturbed_set(stamps, work / "perturbed", args.perturb_n)
-            perturbs = {model: perturb_task(model, work, metadata) for model in args.models}
+            perturbs = {f"{model} ({descriptor})": perturb_task(model, work, metadata, descriptor)
+                        for model in args.models for descriptor in args.descriptors}
         else:
             note = f"perturbation task skipped: no stamps in {stamps} (see the module docstring)"
     seconds = time.perf_counter() - started
@@ -441,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
         "\"Among all\": the twin's rank among all the other images, both makers, as the app searches. "
         "\"Among Twitter's\": its rank among the 3,786 Twitter drawings only (an index of them alone, "
         "queried with the Google image's vector through AnnoyIndexer.query_vector, as an upload is). "
-        "MRR counts ranks to 100 (a twin further down adds 0). Annoy: AnnoyIndexer's defaults "
+        "MRR counts ranks to 100 (a twin further down adds 0). Each backbone in each descriptor space "
+        "(siamese/descriptors.py: raw, the vectors as stored; whitened, fitted on the indexed images "
+        "themselves); exact search ranks every image there. Annoy: AnnoyIndexer's defaults "
         f"({annoy_settings(work)}, candidates re-ranked exactly).", "",
         *twin_table(twins), "",
         "## Perturbation recovery: an original among its own 5 copies", "",
