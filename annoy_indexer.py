@@ -277,12 +277,14 @@ class AnnoyIndexer:
 
     def embed_image(self, image: str | os.PathLike | Image.Image,
                     embedder: Embedder | None = None) -> np.ndarray:
-        """The vector of an image (a path or a PIL image) by the store's own model.
+        """The vector of an image (a path or a PIL image) by the store's own model and input mode.
 
         `embedder`: that model, already loaded; None loads it once per process (backbones.shared_embedder).
         ImageRejected (with the reason) for a file that is not a usable image.
         """
-        return embed_image(image, self.model, embedder)
+        if self._collection is not None:
+            return self._collection.embed(image, embedder)
+        return embed_image(image, self.model, embedder, VectorStore(self.vector_dir).input_mode)
 
     def query_image(self, image: str | os.PathLike | Image.Image, n: int = 10, step: int | None = None,
                     embedder: Embedder | None = None) -> list[dict]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from siamese.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, Embedder, get_backbone
 from siamese.cli import Parser, run_command, write_csv_report
-from siamese.images import ImageRejected, load_model_input
+from siamese.images import INPUT_MODES, ImageRejected, check_input_mode, load_model_input
 from siamese.metadata import MetadataError, Record, read_metadata
 from siamese.vector_store import StoreError, VectorStoreWriter, unusable_rows
 
@@ -54,7 +54,8 @@ class ExtractionReport:
 
 
 def decode_in_background(records: Iterable[Record], images_root: Path, size: tuple[int, int],
-                         workers: int, lookahead: int) -> Iterator[tuple[Record, np.ndarray | str]]:
+                         workers: int, lookahead: int, input_mode: str = "colour"
+                         ) -> Iterator[tuple[Record, np.ndarray | str]]:
     """Yield (record, pixels) or (record, reason) in order, decoding up to `lookahead` ahead.
 
     Pillow releases the GIL while it decodes and resizes, so threads decode the next batch while the
@@ -62,7 +63,7 @@ def decode_in_background(records: Iterable[Record], images_root: Path, size: tup
     """
     def decode(record: Record) -> np.ndarray | str:
         try:
-            return load_model_input(record.resolve(images_root), size)
+            return load_model_input(record.resolve(images_root), size, input_mode)
         except ImageRejected as error:
             return str(error)
         except MemoryError:
@@ -90,8 +91,11 @@ def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLi
                     images_root: str | os.PathLike | None = None, model: str = DEFAULT_BACKBONE,
                     weights: str | os.PathLike | None = None, batch_size: int = 64,
                     workers: int | None = None, embedder: Embedder | None = None,
-                    progress: bool = True) -> ExtractionReport:
+                    progress: bool = True, input_mode: str = "colour") -> ExtractionReport:
     """Extract the vectors of every image in the CSV that the store does not hold yet.
+
+    `input_mode` (siamese.images.INPUT_MODES): how the images are shown to the model, recorded in the
+    store (a store holds one; uploads and queries against it are shown the same way).
 
     `embedder` replaces the model (already loaded, e.g. shared between calls in one process); it
     must be the named model's.
@@ -108,7 +112,8 @@ def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLi
                                        for row in rejected_rows])
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
 
-    with VectorStoreWriter(vector_dir, backbone.name, backbone.n_dimensions) as store:
+    check_input_mode(input_mode)
+    with VectorStoreWriter(vector_dir, backbone.name, backbone.n_dimensions, input_mode) as store:
         todo = [record for record in records if record.urn not in store.urns]
         report.already_stored = len(records) - len(todo)
         write_rejects(vector_dir, report.rejects)
@@ -140,7 +145,7 @@ def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLi
         with tqdm(total=len(todo), unit="img", desc="extracting", disable=not progress,
                   file=sys.stderr) as bar:
             decoded = decode_in_background(todo, images_root, backbone.input_size, workers,
-                                           lookahead=2 * batch_size)
+                                           lookahead=2 * batch_size, input_mode=input_mode)
             for record, result in decoded:
                 if isinstance(result, str):
                     report.rejects.append((record.urn, record.path, result))
@@ -174,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder that relative paths in the CSV start from (default: the CSV's folder)")
     parser.add_argument("--model", default=DEFAULT_BACKBONE, choices=sorted(BACKBONES),
                         help=f"feature model (default: {DEFAULT_BACKBONE}); recorded in the store")
+    parser.add_argument("--input", dest="input_mode", default="colour", choices=INPUT_MODES,
+                        help="how images are shown to the model, recorded in the store: colour (as they "
+                             "are; default), grey (luminance, levels stretched: another paper, ink or "
+                             "scanner looks the same), scan (grey, then halftone screens and dither "
+                             "smoothed away: for scanned print; docs/scan-copies.md)")
     parser.add_argument("--weights", metavar="PATH",
                         help="load the model's weights from this local file instead (.h5/.keras; for "
                              "mobilenet-v1 its frozen .pb graph)")
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     def command() -> int:
         report = extract_vectors(args.metadata_csv, args.vector_dir, images_root=args.images_root,
                                  model=args.model, weights=args.weights, batch_size=args.batch_size,
-                                 workers=args.workers, progress=not args.quiet)
+                                 workers=args.workers, progress=not args.quiet, input_mode=args.input_mode)
         print(report.summary(Path(args.vector_dir)))
         return 0
 

@@ -234,8 +234,9 @@ def _one_at_a_time(embedder: Embedder) -> Embedder:
 
 
 def embed_image(image: str | os.PathLike | Image.Image, model: str,
-                embedder: Embedder | None = None) -> np.ndarray:
-    """The vector of one image (a path or a PIL image) by the backbone `model`.
+                embedder: Embedder | None = None, input_mode: str = "colour") -> np.ndarray:
+    """The vector of one image (a path or a PIL image) by the backbone `model`, shown to it as
+    `input_mode` says (siamese.images.INPUT_MODES: the store's).
 
     `embedder`: that model, already loaded; None loads it once per process (shared_embedder).
     ImageRejected (with the reason) for a file that is not a usable image.
@@ -244,8 +245,8 @@ def embed_image(image: str | os.PathLike | Image.Image, model: str,
 
     backbone = get_backbone(model)
     if isinstance(image, Image.Image):
-        pixels = model_input_from_image(image, backbone.input_size)
+        pixels = model_input_from_image(image, backbone.input_size, input_mode)
     else:
-        pixels = load_model_input(image, backbone.input_size)
+        pixels = load_model_input(image, backbone.input_size, input_mode)
     embedder = embedder if embedder is not None else shared_embedder(backbone.name)
     return np.asarray(embedder(pixels[None]), dtype=np.float32)[0]

@@ -102,7 +102,8 @@ class Collection:
 
     def info(self) -> dict:
         """What a client needs before asking: size, years, model, metric and the step sizes built."""
-        return {"count": self.count, "model": self.store.model, "n_dimensions": self.store.n_dimensions,
+        return {"count": self.count, "model": self.store.model, "input_mode": self.store.input_mode,
+                "n_dimensions": self.store.n_dimensions,
                 "descriptor": self.core.descriptor, "metric": self.metric, "steps": self.steps,
                 "years": None if self.years is None else {"first": self.years[0], "last": self.years[1]}}
 
@@ -173,8 +174,9 @@ class Collection:
         return answer
 
     def embed(self, image: str | os.PathLike | Image.Image, embedder: Embedder | None = None) -> np.ndarray:
-        """An image's vector by the collection's own model (`embedder`: that model, already loaded)."""
-        return embed_image(image, self.model, embedder)
+        """An image's vector by the collection's own model (`embedder`: that model, already loaded),
+        the image shown to it as the collection's were (the store's input mode)."""
+        return embed_image(image, self.model, embedder, self.store.input_mode)
 
     # ---------------------------------------------------------------- thumbnails
 

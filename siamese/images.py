@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Pillow's own default (about 89 megapixels) warns; twice that raises. We refuse from the warning on:
 # a newspaper page scan is far below it, and a decompression bomb must not take the run's memory.
@@ -95,32 +95,69 @@ def open_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None)
     return _read(path, draft_size, result_bytes, finish)[0]
 
 
-def load_model_input(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+INPUT_MODES = ("colour", "grey", "scan")
+"""How an image is shown to the model, recorded in the vector store (every vector of a store, and every
+query against it, sees the same): colour, as it is; grey, its luminance with the levels stretched (the
+darkest and lightest 1 % clipped), so that another paper tone, ink, scanner or a grey or sepia reprint
+looks the same; scan, grey and then smoothed to DESCREEN_SIZE pixels and back, which dissolves
+halftone screens and dither and evens out the scans' resolutions. docs/scan-copies.md measures them."""
+DESCREEN_SIZE = 128
+
+
+def check_input_mode(input_mode: str) -> str:
+    if input_mode not in INPUT_MODES:
+        raise ValueError(f"input mode must be one of {', '.join(map(repr, INPUT_MODES))}, got {input_mode!r}")
+    return input_mode
+
+
+def normalise_model_input(pixels: np.ndarray, input_mode: str = "colour") -> np.ndarray:
+    """A (height, width, 3) uint8 model input as `input_mode` shows it (INPUT_MODES)."""
+    if check_input_mode(input_mode) == "colour":
+        return pixels
+    grey = ImageOps.autocontrast(Image.fromarray(pixels, "RGB").convert("L"), cutoff=1)
+    if input_mode == "scan":
+        width, height = grey.size
+        scale = DESCREEN_SIZE / max(width, height)
+        if scale < 1:
+            small = grey.resize((max(1, round(width * scale)), max(1, round(height * scale))),
+                                Image.Resampling.BOX)
+            grey = small.resize((width, height), Image.Resampling.BILINEAR)
+    return np.repeat(np.asarray(grey, dtype=np.uint8)[:, :, None], 3, axis=2)
+
+
+def load_model_input(path: str | os.PathLike, size: tuple[int, int],
+                     input_mode: str = "colour") -> np.ndarray:
     """The image as a (height, width, 3) uint8 array of exactly `size` (width, height).
 
     Bilinear resize of the whole image, aspect not kept: that is what Inception v3's own 2015
     preprocessing did (decode, then a bilinear resize to 299x299), which the original Siamese used.
+    Then normalised as `input_mode` says (INPUT_MODES).
     """
-    return load_model_input_with_size(path, size)[0]
+    return load_model_input_with_size(path, size, input_mode)[0]
 
 
-def load_model_input_with_size(path: str | os.PathLike, size: tuple[int, int]
+def load_model_input_with_size(path: str | os.PathLike, size: tuple[int, int], input_mode: str = "colour"
                                ) -> tuple[np.ndarray, tuple[int, int]]:
     """load_model_input's array, and the upright (width, height) of the file itself, from its header
     (not the size it was decoded at: a JPEG is decoded near `size`)."""
+    check_input_mode(input_mode)
+
     def finish(image: Image.Image, orientation: int) -> np.ndarray:
-        return np.asarray(_upright_rgb(image, orientation, size=size), dtype=np.uint8)
+        pixels = np.asarray(_upright_rgb(image, orientation, size=size), dtype=np.uint8)
+        return normalise_model_input(pixels, input_mode)
 
     return _read(path, size, lambda _: 4 * size[0] * size[1], finish)
 
 
-def model_input_from_image(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+def model_input_from_image(image: Image.Image, size: tuple[int, int],
+                           input_mode: str = "colour") -> np.ndarray:
     """What load_model_input makes of a file, from an image already open (any mode; made upright RGB)."""
     orientation = image.getexif().get(0x0112, 1)
     if image.mode == "RGB" and orientation == 1 and image.size == size:
-        return np.asarray(image, dtype=np.uint8)
+        return normalise_model_input(np.asarray(image, dtype=np.uint8), input_mode)
     image.load()
-    return np.asarray(_upright_rgb(image, orientation, size=size), dtype=np.uint8)
+    return normalise_model_input(np.asarray(_upright_rgb(image, orientation, size=size), dtype=np.uint8),
+                                 input_mode)
 
 
 def _read(path: str | os.PathLike, draft_size: tuple[int, int] | None,

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from siamese.images import INPUT_MODES, check_input_mode
 from siamese.system import process_running
 
 FORMAT = "siamese-vector-store"
@@ -131,6 +132,11 @@ class VectorStore:
             raise StoreError(f"{manifest_path}: not a {FORMAT} version {VERSION} manifest")
         self.manifest: dict = manifest
         self.model: str = _field(manifest, "model", str, manifest_path)
+        # how the images were shown to the model (siamese.images.INPUT_MODES); stores of before: colour
+        self.input_mode: str = manifest.get("input_mode", "colour")
+        if self.input_mode not in INPUT_MODES:
+            raise StoreError(f"{manifest_path} is damaged: 'input_mode' must be one of {INPUT_MODES}, got "
+                             f"{self.input_mode!r}")
         self.n_dimensions: int = _field(manifest, "n_dimensions", int, manifest_path, minimum=1)
         self.count: int = _field(manifest, "count", int, manifest_path)
         self._items_bytes: int = _field(manifest, "items_bytes", int, manifest_path)
@@ -217,8 +223,11 @@ class VectorStore:
                    for rows in iter_batches(self.count, batch_size))
 
     @classmethod
-    def create(cls, directory: str | os.PathLike, model: str, n_dimensions: int) -> VectorStore:
-        """Make an empty store for vectors of `model`; an existing store must match it exactly."""
+    def create(cls, directory: str | os.PathLike, model: str, n_dimensions: int,
+               input_mode: str = "colour") -> VectorStore:
+        """Make an empty store for vectors of `model` (of images shown to it as `input_mode` says);
+        an existing store must match it exactly."""
+        check_input_mode(input_mode)
         directory = Path(directory)
         if (directory / MANIFEST).exists():
             store = cls(directory)
@@ -227,11 +236,16 @@ class VectorStore:
                     f"{directory} holds {store.n_dimensions}-d vectors of model {store.model!r}, not "
                     f"{n_dimensions}-d vectors of {model!r}: vectors of different models cannot be "
                     "compared; use another vector directory or the store's own model")
+            if store.input_mode != input_mode:
+                raise StoreError(
+                    f"{directory} holds vectors of {store.input_mode} input, not {input_mode}: vectors of "
+                    f"images shown differently cannot be compared; use another vector directory or "
+                    f"--input {store.input_mode}")
             return store
         directory.mkdir(parents=True, exist_ok=True)
         for name in (VECTORS, ITEMS, CHECKSUMS):
             (directory / name).touch()
-        manifest = {"format": FORMAT, "version": VERSION, "model": model,
+        manifest = {"format": FORMAT, "version": VERSION, "model": model, "input_mode": input_mode,
                     "n_dimensions": int(n_dimensions), "dtype": DTYPE.str, "count": 0,
                     "items_bytes": 0, "checksums_bytes": 0, "checksum": "xxh3-64"}
         write_atomically(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
@@ -342,8 +356,9 @@ class _JsonLines(Sequence):
 class VectorStoreWriter:
     """Appends batches to a store; one writer at a time (an exclusive lock on the directory)."""
 
-    def __init__(self, directory: str | os.PathLike, model: str, n_dimensions: int) -> None:
-        self.store = VectorStore.create(directory, model, n_dimensions)
+    def __init__(self, directory: str | os.PathLike, model: str, n_dimensions: int,
+                 input_mode: str = "colour") -> None:
+        self.store = VectorStore.create(directory, model, n_dimensions, input_mode)
         self.directory = self.store.directory
         self._lock = open(self.directory / LOCK, "w")  # noqa: SIM115 - held for the writer's lifetime
         try:

@@ -260,7 +260,7 @@ def test_head_is_answered_like_get(client, app_collection):
 
 def test_collection_describes_what_can_be_asked(client, collection, app_collection):
     body = get(client, "/api/collection")
-    assert body == {"count": 49, "model": "inception-v3-2015", "n_dimensions": 2048,
+    assert body == {"count": 49, "model": "inception-v3-2015", "input_mode": "colour", "n_dimensions": 2048,
                     "descriptor": {"kind": "whitened", "dimensions": 48},  # 49 rows span 48 directions
                     "metric": "euclidean", "steps": [10, 1],
                     "years": {"first": collection.years[0], "last": collection.years[1]},
