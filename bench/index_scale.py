@@ -43,7 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from annoy_indexer import AnnoyIndexer  # noqa: E402
+from annoy_indexer import AnnoyIndexer, read_manifest  # noqa: E402
+from siamese.index_dir import read_transform  # noqa: E402
 from siamese.vector_store import VectorStore, VectorStoreWriter  # noqa: E402
 
 FIRST_YEAR, LAST_YEAR = 1945, 1994
@@ -90,10 +91,13 @@ def generate(store_dir: Path, n_items: int, dim: int, alpha: float, cluster_size
             writer.append(vectors, items)
 
 
-def ground_truth(store_dir: Path, queries: np.ndarray, k: int = 10) -> dict:
-    """Exact top-k rows per query for the whole collection and every period of every step (float64)."""
+def ground_truth(store_dir: Path, index_dir: Path, queries: np.ndarray, k: int = 10) -> dict:
+    """Exact top-k rows per query for the whole collection and every period of every step (float64),
+    in the index directory's descriptor space (its saved transform applied here to the stored vectors)."""
     store = VectorStore(store_dir)
-    vectors = store.vectors
+    transform = read_transform(index_dir, (read_manifest(index_dir) or {}).get("transform"))
+    vectors = store.vectors if transform.is_identity else np.concatenate(
+        [transform.apply(store.vectors[start:start + BATCH]) for start in range(0, len(store), BATCH)])
     years = store.years()
     query_vectors = np.asarray(vectors[queries], dtype=np.float32)
     distances = np.empty((len(queries), len(store)), dtype=np.float32)
@@ -154,7 +158,7 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 
 def phase_build(args: argparse.Namespace) -> dict:
     indexer = AnnoyIndexer(args.store, args.indices, step_sizes=STEPS, n_trees=args.trees,
-                           index_dimensions=args.index_dimensions, verbose=False)
+                           index_dimensions=args.index_dimensions, verbose=False, descriptor=args.descriptor)
     report = indexer.build()
     sizes: dict[str, int] = {}
     for path in Path(args.indices).iterdir():
@@ -168,7 +172,8 @@ def phase_build(args: argparse.Namespace) -> dict:
     manifest = json.loads((Path(args.indices) / "index.json").read_text())
     return {"report": report, "sizes": sizes, "memory": memory_mib(), "load": os.getloadavg()[0],
             "variance_kept": manifest["projection"].get("variance_kept"),
-            "n_trees": manifest["n_trees"], "index_dimensions": manifest["index_dimensions"]}
+            "n_trees": manifest["n_trees"], "index_dimensions": manifest["index_dimensions"],
+            "descriptor": f"{manifest['descriptor']} {manifest['descriptor_dimensions']}-d"}
 
 
 def phase_query(args: argparse.Namespace) -> dict:
@@ -250,6 +255,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="sampled items for latency and recall")
     parser.add_argument("--trees", type=int, default=None, help="n_trees (default: annoy_indexer's)")
     parser.add_argument("--index-dimensions", type=int, default=None, help="default: annoy_indexer's")
+    parser.add_argument("--descriptor", default=None, help="raw or whitened (default: annoy_indexer's)")
     parser.add_argument("--sweep", type=int, nargs="*", default=None, metavar="SEARCH_K",
                         help="also measure step-1 recall and latency at these search_k values")
     parser.add_argument("--alpha", type=float, default=1.0, help="variance spectrum lambda_i ~ i^-alpha")
@@ -278,16 +284,17 @@ def main() -> None:
         print(f"store: {args.n_items} x {args.dim} in {time.perf_counter() - started:.0f} s "
               f"({disk_mib(args.store):.0f} MiB)", file=sys.stderr)
         queries = np.sort(np.random.default_rng(1).choice(args.n_items, args.queries, replace=False))
-        started = time.perf_counter()
-        truth = ground_truth(args.store, queries)
-        with open(args.truth, "wb") as handle:
-            pickle.dump((truth, queries), handle)
-        print(f"ground truth in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         if args.indices.exists():
             shutil.rmtree(args.indices)
         extra = [*(["--trees", str(args.trees)] if args.trees else []),
-                 *(["--index-dimensions", str(args.index_dimensions)] if args.index_dimensions else [])]
+                 *(["--index-dimensions", str(args.index_dimensions)] if args.index_dimensions else []),
+                 *(["--descriptor", args.descriptor] if args.descriptor else [])]
         build = run_phase("build", args, extra)
+        started = time.perf_counter()
+        truth = ground_truth(args.store, args.indices, queries)
+        with open(args.truth, "wb") as handle:
+            pickle.dump((truth, queries), handle)
+        print(f"ground truth in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         query = run_phase("query", args, ["--sweep", *map(str, args.sweep)] if args.sweep else [])
     finally:
         if not args.keep:
@@ -304,18 +311,21 @@ def report_table(args: argparse.Namespace, build: dict, query: dict, truth: dict
     sizes = {name: size / 2**20 for name, size in build["sizes"].items()}
     steps_seconds = seconds.get("projection", 0) + sum(seconds.get(str(step), 0) for step in STEPS)
     print(f"\n{args.n_items:,} x {args.dim} synthetic vectors, {FIRST_YEAR}-{LAST_YEAR}; "
-          f"n_trees={build['n_trees']}, index_dimensions={build['index_dimensions']} "
+          f"descriptor {build['descriptor']}, n_trees={build['n_trees']}, "
+          f"index_dimensions={build['index_dimensions']} "
           f"(PCA keeps {build['variance_kept']:.0%} of the variance); data LID {truth['lid']:.1f}, "
           f"relative contrast {truth['contrast']:.2f}; {os.cpu_count()} cores, 1-min load average "
           f"{build['load']:.1f} after the build, {query['load']:.1f} after the queries\n")
     lines = [("measure", "value"), ("---", "---"),
              ("build, all indices (total wall)", f"{build['report']['seconds']:.1f} s"),
-             ("  PCA fit + projecting the rows", f"{seconds.get('projection', 0):.1f} s"),
+             ("  transform, descriptors, PCA, projecting",
+              f"{seconds.get('projection', 0):.1f} s"),
              ("  whole-collection index", f"{seconds.get('all', 0):.1f} s"),
              *[(f"  step {step} indices", f"{seconds.get(str(step), 0):.1f} s") for step in STEPS],
              ("  steps [10, 1] incl. projection (target <= 60 s)", f"{steps_seconds:.1f} s"),
              ("index size on disk, whole collection", f"{sizes.get('all', 0):.0f} MiB"),
              *[(f"index size on disk, step {step}", f"{sizes.get(str(step), 0):.0f} MiB") for step in STEPS],
+             ("size on disk, descriptors + transform + projection", f"{sizes.get('other', 0):.0f} MiB"),
              ("peak RSS, build process", mib(build["memory"])),
              ("first query (loads items and indices)", f"{query['first_query_s']:.2f} s"),
              ("RSS, query process after the first query", mib(query["memory_first"])),
