@@ -81,7 +81,7 @@ class AnnoyIndexer:
         square root PCA-whitened on the collection itself (finds re-scanned and reprinted copies far
         better, docs/quality.md), or 'raw', the stored vectors as they are; None: the index directory's
         setting, or 'whitened' for a new one. The stored vectors never change either way.
-    descriptor_dimensions : dimensions the whitening keeps; None: the directory's, or 512.
+    descriptor_dimensions : dimensions the whitening keeps; None: the directory's, or 256.
 
     An index directory holds one configuration (metric, model, n_dimensions, descriptor,
     descriptor_dimensions, index_dimensions, n_trees); asking for another is a ValueError unless

@@ -158,7 +158,8 @@ def percentiles(times: list[float]) -> tuple[float, float]:
 
 def phase_build(args: argparse.Namespace) -> dict:
     indexer = AnnoyIndexer(args.store, args.indices, step_sizes=STEPS, n_trees=args.trees,
-                           index_dimensions=args.index_dimensions, verbose=False, descriptor=args.descriptor)
+                           index_dimensions=args.index_dimensions, verbose=False, descriptor=args.descriptor,
+                           descriptor_dimensions=args.descriptor_dimensions)
     report = indexer.build()
     sizes: dict[str, int] = {}
     for path in Path(args.indices).iterdir():
@@ -256,6 +257,7 @@ def main() -> None:
     parser.add_argument("--trees", type=int, default=None, help="n_trees (default: annoy_indexer's)")
     parser.add_argument("--index-dimensions", type=int, default=None, help="default: annoy_indexer's")
     parser.add_argument("--descriptor", default=None, help="raw or whitened (default: annoy_indexer's)")
+    parser.add_argument("--descriptor-dimensions", type=int, default=None, help="default: annoy_indexer's")
     parser.add_argument("--sweep", type=int, nargs="*", default=None, metavar="SEARCH_K",
                         help="also measure step-1 recall and latency at these search_k values")
     parser.add_argument("--alpha", type=float, default=1.0, help="variance spectrum lambda_i ~ i^-alpha")
@@ -288,7 +290,9 @@ def main() -> None:
             shutil.rmtree(args.indices)
         extra = [*(["--trees", str(args.trees)] if args.trees else []),
                  *(["--index-dimensions", str(args.index_dimensions)] if args.index_dimensions else []),
-                 *(["--descriptor", args.descriptor] if args.descriptor else [])]
+                 *(["--descriptor", args.descriptor] if args.descriptor else []),
+                 *(["--descriptor-dimensions", str(args.descriptor_dimensions)]
+                   if args.descriptor_dimensions else [])]
         build = run_phase("build", args, extra)
         started = time.perf_counter()
         truth = ground_truth(args.store, args.indices, queries)

@@ -44,6 +44,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from siamese.descriptors import DEFAULT_DESCRIPTOR_DIMENSIONS  # noqa: E402
 from siamese.images import ImageRejected, open_rgb  # noqa: E402
 
 WORK = ROOT / "data" / "scan-copies"
@@ -287,6 +288,32 @@ def second_table(results: dict, key: str) -> list[str]:
     return lines
 
 
+def reading(results: dict) -> list[str]:
+    """What the tables say: the best configuration of real weights, and each step's gain over raw colour."""
+    real = {key: result for key, result in results.items() if key[0] != "random-weights"}
+    if not real:
+        return []
+    (name, label), best = max(real.items(), key=lambda item: item[1]["mean_top1"])
+    lines = [f"* Best measured: {name}, {label}: copy -> original top-1 {best['mean_top1']:.3f} on average, "
+             f"{best['min_top1']:.3f} on its worst profile (goal: 0.99 and 0.95)."]
+    base = results.get(("inception-v3-2015", "raw"))
+    default = f"whitened {DEFAULT_DESCRIPTOR_DIMENSIONS}"
+    if base:
+        for key, result in real.items():
+            if key != ("inception-v3-2015", "raw") and key[1] in ("raw", default):
+                gain, worst = result["mean_top1"] - base["mean_top1"], result["min_top1"] - base["min_top1"]
+                lines.append(f"* {key[0]}, {key[1]}: {gain:+.3f} on average, {worst:+.3f} on the worst "
+                             "profile, against colour input and raw vectors.")
+    floor = results.get(("random-weights", default))
+    if floor:
+        dimensions = DEFAULT_DESCRIPTOR_DIMENSIONS
+        lines.append(f"* Random weights, whitened {dimensions}: {floor['mean_top1']:.3f} on average. "
+                     "Copies share "
+                     "their pixels, so even a random network finds many; a similarity claim needs the "
+                     "twin task of docs/quality.md too, where random weights fail.")
+    return lines
+
+
 def evaluate(work: Path, out: Path, names: list[str]) -> None:
     started = time.perf_counter()
     results = {}
@@ -322,7 +349,7 @@ def evaluate(work: Path, out: Path, names: list[str]) -> None:
              "## Original -> copy: recall@5", "",
              "The copies of one profile indexed with the drawings (the transform fitted on that "
              "collection); the fraction of originals whose copy is among their 5 nearest.", "",
-             *second_table(results, "recall5"), ""]
+             *second_table(results, "recall5"), "", "## Reading", "", *reading(results), ""]
     out.write_text("\n".join(lines), encoding="utf-8")
     print(f"wrote {out}")
 

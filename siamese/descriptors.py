@@ -35,7 +35,7 @@ DESCRIPTORS = ("raw", "whitened")
 """raw: the stored vectors as they are (what the indices searched before issue 10);
 whitened: the transform above."""
 DEFAULT_DESCRIPTOR = "whitened"
-DEFAULT_DESCRIPTOR_DIMENSIONS = 512
+DEFAULT_DESCRIPTOR_DIMENSIONS = 256
 POWER = 0.5
 SHRINKAGE = 1.0  # times the mean kept eigenvalue, added to every eigenvalue before dividing by its root
 FIT_SAMPLE = 50_000  # rows the whitening is fitted on: 2048-d covariances need many times their dimension

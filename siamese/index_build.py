@@ -75,7 +75,9 @@ class IndexConfig:
         root, PCA-whitened on the collection itself, unit length; far more robust to what scanning and
         reprinting do to an image, docs/quality.md) or 'raw' (the stored vectors as they are); None: the
         index directory's setting, or 'whitened' for a new one ('raw' for a directory built before).
-    descriptor_dimensions : the whitened descriptors' dimensions (None: the directory's, or 512).
+    descriptor_dimensions : the whitened descriptors' dimensions (None: the directory's, or 256: 512 finds
+        copies a little better, docs/scan-copies.md, but its 128-d projection keeps too little of it for
+        recall at 426,777 images without doubling query time, docs/benchmarks.md).
     index_dimensions : dimensions of the PCA projection of the descriptors that Annoy indexes; None:
         the index directory's setting, or 128 for a new one (64 gave recall@10 of only 0.965 on the
         real Inception vectors of the demo, 128 gives 0.996; whitened descriptors spread their variance
