@@ -360,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["prepare", "extract", "evaluate"])
     parser.add_argument("--vectors", nargs="+", default=["inception-v3-2015", "random-weights"],
-                        help="which vectors: inception-v3-2015 (the real model), random-weights (the floor)")
+                        help="which vectors (folders under WORK/vectors): inception-v3-2015 (the real "
+                             "model), random-weights (the floor); extract makes these two, other folders "
+                             "(e.g. inception-v3-2015-scan) come from extract_vectors.py --model/--input "
+                             "on images/drawings.csv and images/copies.csv")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "scan-copies.md")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--source", type=Path, default=SOURCE)
