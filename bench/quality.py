@@ -431,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     twins["raw pixels 32x32"] = pixels_reference()
     perturbs: dict = {}
     note = ""
-    if not args.skip_perturb:
+    if args.skip_perturb:
+        note = "perturbation task not run this time (--skip-perturb)"
+    else:
         stamps = Path(args.stamps)
         if stamps.is_dir():
             metadata, used = make_perturbed_set(stamps, work / "perturbed", args.perturb_n)

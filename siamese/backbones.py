@@ -71,8 +71,9 @@ def _load_inception_v3_2015(weights: str | None) -> Embedder:
 
 def _load_inception_v3_2015_mixed7(weights: str | None) -> Embedder:
     """The same network cut after its 17x17 `mixed7` block, average-pooled: less invariant than pool_3
-    (which is built to name what is in a picture, not to tell one print of it from another), so it finds
-    re-scanned and reprinted copies better (docs/scan-copies.md)."""
+    (which is trained to name what is in a picture, not to tell one print of it from another); measured
+    better at finding re-scanned copies (docs/scan-copies.md) and at the emoji twin task
+    (docs/quality.md). The default stays pool_3: the original Siamese's vectors, which imports keep."""
     import keras
 
     from siamese.inception2015 import preprocess_2015
@@ -192,7 +193,7 @@ BACKBONES: dict[str, Backbone] = {
                  _load_inception_v3_2015),
         Backbone("inception-v3-2015-mixed7", 768, (299, 299),
                  "the same 2015 Inception v3 cut after its mixed7 block (17x17x768, average-pooled): "
-                 "finds re-scanned and reprinted copies better than pool_3, knows less what a picture shows",
+                 "finds re-scanned copies and other drawings of one thing better than pool_3",
                  _load_inception_v3_2015_mixed7),
         Backbone("inception-v3", 2048, (299, 299),
                  "Keras' InceptionV3 ImageNet weights (downloaded on first use, or --weights PATH), "
