@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from siamese.projection import unit
 from siamese.vector_store import unusable_rows
 
 DESCRIPTORS = ("raw", "whitened")
@@ -45,11 +46,6 @@ def check_descriptor(descriptor: str) -> str:
     if descriptor not in DESCRIPTORS:
         raise ValueError(f"descriptor must be one of {', '.join(map(repr, DESCRIPTORS))}, got {descriptor!r}")
     return descriptor
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.where(norms > 0, norms, 1)
 
 
 def _power(vectors: np.ndarray, power: float) -> np.ndarray:
@@ -88,8 +84,8 @@ class DescriptorTransform:
         if self.components is None:
             return vectors
         single = vectors.ndim == 1
-        prepared = _unit(_power(np.atleast_2d(vectors), self.power)) - self.mean
-        descriptors = _unit(prepared @ self.components).astype(np.float32, copy=False)
+        prepared = unit(_power(np.atleast_2d(vectors), self.power)) - self.mean
+        descriptors = unit(prepared @ self.components).astype(np.float32, copy=False)
         descriptors[unusable_rows(np.atleast_2d(vectors))] = np.nan  # never anyone's neighbour
         return descriptors[0] if single else descriptors
 
@@ -135,7 +131,7 @@ def fit_descriptor_transform(vectors: np.ndarray, descriptor: str, dimensions: i
     rows, chosen = rows[usable], chosen[usable]
     if not len(rows):
         raise ValueError("no usable rows to fit the descriptor transform on")
-    prepared = _unit(_power(chosen, POWER)).astype(np.float64)
+    prepared = unit(_power(chosen, POWER)).astype(np.float64)
     mean = prepared.mean(axis=0)
     centred = prepared - mean
     covariance = centred.T @ centred / max(len(rows) - 1, 1)
