@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from siamese.periods import Period
+from siamese.reprints import Verification
 from siamese.search import PeriodHits
 from siamese.vector_store import VectorStore
 
@@ -48,25 +49,48 @@ def item_answer(store: VectorStore, row: int, vectors: bool = False) -> dict:
 
 
 def neighbour_list(store: VectorStore, rows: np.ndarray, distances: np.ndarray,
-                   vectors: bool = False) -> list[dict]:
-    """The neighbours as the API shows them, best first; `vectors` adds each one's "vector"."""
+                   vectors: bool = False, verification: Verification | None = None) -> list[dict]:
+    """The neighbours as the API shows them, best first; `vectors` adds each one's "vector", and a
+    neighbour checked for being a reprint gets "reprint" (true or false) and "inliers" after "distance"."""
     items = store.items
+    checks = verification.checks if verification is not None else {}
     found = []
     for row, distance in zip(rows.tolist(), distances.tolist(), strict=True):
         neighbour = describe(items[row], distance)
+        check = checks.get(row)
+        if check is not None:
+            neighbour = {"urn": neighbour.pop("urn"), "distance": neighbour.pop("distance"),
+                         "reprint": check.reprint, "inliers": check.inliers, **neighbour}
         if vectors:
             neighbour["vector"] = vector_list(store.vectors[row])
         found.append(neighbour)
     return found
 
 
-def period_answer(period: Period, neighbours: list[dict]) -> dict:
-    return {"period": period.label, "start": period.start, "end": period.end, "neighbours": neighbours}
+def period_answer(period: Period, neighbours: list[dict], reprints: int | None = None) -> dict:
+    """{"period", "start", "end", ("reprints",) "neighbours"}: "reprints" (when they were looked for)
+    counts the verified reprints from this period, shown or not."""
+    answer = {"period": period.label, "start": period.start, "end": period.end}
+    if reprints is not None:
+        answer["reprints"] = reprints
+    answer["neighbours"] = neighbours
+    return answer
 
 
-def periods_answer(store: VectorStore, hits: dict[str, list[PeriodHits]],
-                   vectors: bool = False) -> dict[str, list[dict]]:
+def periods_answer(store: VectorStore, hits: dict[str, list[PeriodHits]], vectors: bool = False,
+                   verification: Verification | None = None) -> dict[str, list[dict]]:
     """{"all" or step: [{"period", "start", "end", "neighbours": [...]}]} for the search core's hits."""
-    return {key: [period_answer(found.period, neighbour_list(store, found.rows, found.distances, vectors))
+    reprint_years = None
+    if verification is not None:
+        reprint_years = np.array([store.items[row]["year"] for row, check in verification.checks.items()
+                                  if check.reprint], dtype=np.int64)
+
+    def count(period: Period) -> int | None:
+        if reprint_years is None:
+            return None
+        return int(((reprint_years >= period.start) & (reprint_years <= period.end)).sum())
+
+    return {key: [period_answer(found.period, neighbour_list(store, found.rows, found.distances, vectors,
+                                                             verification), count(found.period))
                   for found in periods]
             for key, periods in hits.items()}

@@ -23,15 +23,28 @@ from PIL import Image
 
 from siamese import answers
 from siamese.backbones import Embedder, embed_image
+from siamese.images import ImageRejected, open_rgb
 from siamese.index_build import IndexConfig, build_indices
 from siamese.index_dir import WHOLE, IndexDamaged, built_step_sizes, read_manifest
-from siamese.search import Query, SearchCore, SearchSettings
+from siamese.reprints import (
+    WORKING_SIDE,
+    FeatureCache,
+    ImageFeatures,
+    image_features,
+    promote_reprints,
+    verify,
+)
+from siamese.search import PeriodHits, Query, SearchCore, SearchSettings
 from siamese.thumbnails import Thumbnails
 from siamese.vector_store import VectorStore
 
 
 class CollectionError(ValueError):
     """The directories given do not make a servable collection; the message says how to fix that."""
+
+
+class ReprintsUnavailable(ValueError):
+    """Reprints were asked for but cannot be checked (no images, or none of the query); says why."""
 
 
 def step_key(step: int | None) -> str:
@@ -44,15 +57,19 @@ class Collection:
 
     config : the indices to use; None uses every step size built in `index_dir` with its settings
         (CollectionError when none was built). Missing or stale indices of `config` are built first.
+    images_root : the folder the metadata's image paths are relative to (as extract_vectors.py's
+        --images-root): reprints are then checked on the original images, else on the thumbnails.
     """
 
     def __init__(self, vector_dir: str | os.PathLike, index_dir: str | os.PathLike,
                  thumbnail_dir: str | os.PathLike | None = None, verbose: bool = False, *,
                  config: IndexConfig | None = None, settings: SearchSettings | None = None,
-                 n_jobs: int = -1) -> None:
+                 n_jobs: int = -1, images_root: str | os.PathLike | None = None) -> None:
         self.vector_dir = Path(vector_dir)
         self.index_dir = Path(index_dir)
         self.thumbnails = Thumbnails(thumbnail_dir)
+        self.images_root = Path(images_root) if images_root is not None else None
+        self._reprint_features = FeatureCache()
         self.store = VectorStore(self.vector_dir)
         manifest = read_manifest(self.index_dir)
         for _ in range(3):  # indices of a newer state of the store: open the store as it is now
@@ -84,7 +101,7 @@ class Collection:
                 raise CollectionError(f"{again}; the rebuild did not repair it") from None
         self.steps: list[int] = list(config.step_sizes)
         self.metric: str = config.metric
-        years = self.store.years()
+        years = self._years = self.store.years()
         self._rows_by_year = np.argsort(years, kind="stable")  # random images within a period
         self._sorted_years = years[self._rows_by_year]
         self.years: tuple[int, int] | None = (int(years.min()), int(years.max())) if len(years) else None
@@ -161,17 +178,83 @@ class Collection:
         return answers.periods_answer(self.store, hits, vectors)
 
     def neighbours(self, query: str | Sequence[float] | np.ndarray, nns: int,
-                   steps: Sequence[int | None] = (None,), vectors: bool = False) -> dict:
+                   steps: Sequence[int | None] = (None,), vectors: bool = False, *, reprints: int = 0,
+                   query_image: Image.Image | None = None) -> dict:
         """The `nns` nearest neighbours of `query` in every period of each step size of `steps`.
 
-        {"urn", "metadata", ("vector",) "nns", "step", "steps": {"all": [...], "10": [...]}}: "step" is
-        the one step asked for (None: the whole collection) or the list of them; "steps" holds one list
-        of periods per step, in the order asked. For a vector, "urn" is None and "metadata" empty.
+        {"urn", "metadata", ("vector",) "nns", "step", ("reprints",) "steps": {"all": [...], "10": [...]}}:
+        "step" is the one step asked for (None: the whole collection) or the list of them; "steps" holds
+        one list of periods per step, in the order asked. For a vector, "urn" is None and "metadata" empty.
+
+        `reprints`: check the query's `reprints` nearest images of the whole collection for being the
+        same printed image (siamese/reprints.py), on the originals when `images_root` is known, else
+        on the thumbnails; the verified ones come first in their periods (also where a period's own
+        search did not reach them), checked neighbours say "reprint" and "inliers", every period
+        "reprints" (its count), and "reprints" says what was checked. A vector query needs
+        `query_image` (an upload); ReprintsUnavailable when nothing can be checked.
         """
         answer = self.item(query, vectors) if isinstance(query, str) else {"urn": None, "metadata": {}}
         answer.update(nns=nns, step=steps[0] if len(steps) == 1 else list(steps))
-        answer["steps"] = self.periods(query, dict.fromkeys(steps, nns), vectors)
+        if reprints <= 0:
+            answer["steps"] = self.periods(query, dict.fromkeys(steps, nns), vectors)
+            return answer
+        query_features = self._query_features(query, query_image)
+        plan = {step_key(step): nns for step in steps}
+        hits = self.core.search(self._query(query), {**plan, WHOLE: max(plan.get(WHOLE, 0), reprints)})
+        candidates = hits[WHOLE][0]
+        candidates = PeriodHits(candidates.period, candidates.rows[:reprints],
+                                      candidates.distances[:reprints])
+        verification = verify(query_features, candidates.rows.tolist(), self._candidate_features,
+                              self.reprint_images or "")
+        years = self._years
+        promoted = {key: promote_reprints(hits[key], candidates, verification, years, n)
+                    for key, n in plan.items()}
+        answer["reprints"] = verification.summary()
+        answer["steps"] = answers.periods_answer(self.store, promoted, vectors, verification)
         return answer
+
+    # ---------------------------------------------------------------- reprints
+
+    @property
+    def reprint_images(self) -> str | None:
+        """What reprints are checked on: "originals" (images_root given), "thumbnails", or None."""
+        if self.images_root is not None:
+            return "originals"
+        return "thumbnails" if self.thumbnails.directory is not None else None
+
+    def reprint_image(self, urn: str) -> Image.Image | None:
+        """The image of `urn` that reprints are checked on (None when it cannot be read)."""
+        if self.images_root is not None:
+            path = str(self.store.items[self.store.row_of(urn)]["path"])
+            path = Path(path) if os.path.isabs(path) else self.images_root / path
+        else:
+            path = self.thumbnail_path(urn)
+            if path is None:
+                return None
+        side = WORKING_SIDE
+        try:
+            return open_rgb(path, draft_size=(side, side))
+        except ImageRejected:
+            return None
+
+    def _candidate_features(self, row: int) -> ImageFeatures | None:
+        urn = self.store.urns[row]
+        return self._reprint_features.get(urn, lambda: self.reprint_image(urn))
+
+    def _query_features(self, query: str | Sequence[float] | np.ndarray,
+                        query_image: Image.Image | None) -> ImageFeatures:
+        if self.reprint_images is None:
+            raise ReprintsUnavailable("reprints cannot be checked: this collection has neither thumbnails "
+                                      "nor its images (app.py --thumbnails DIR or --images-root DIR)")
+        if query_image is not None:
+            return image_features(query_image)
+        if not isinstance(query, str):
+            raise ReprintsUnavailable("reprints are checked on images: query by urn or upload an image")
+        features = self._candidate_features(self.store.row_of(query))
+        if features is None:
+            raise ReprintsUnavailable(f"reprints cannot be checked: the query's {self.reprint_images[:-1]} "
+                                      "cannot be read")
+        return features
 
     def embed(self, image: str | os.PathLike | Image.Image, embedder: Embedder | None = None) -> np.ndarray:
         """An image's vector by the collection's own model (`embedder`: that model, already loaded),

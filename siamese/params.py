@@ -79,6 +79,16 @@ def parse_count(value: str | None, name: str, default: int, maximum: int) -> int
                          f"got {shorten(value)}")
 
 
+def parse_reprints(value: str | None, maximum: int) -> int:
+    """How many of the nearest images to check for reprints: 0 (the default: none) to `maximum`."""
+    if value is None:
+        return 0
+    if _DIGITS.fullmatch(value) and 0 <= int(value) <= maximum:
+        return int(value)
+    raise ParameterError(f"reprints must be a whole number from 0 to {maximum}: how many of the nearest "
+                         f"images to check for being the same printed image (0: none), got {shorten(value)}")
+
+
 def parse_step(value: str | None, steps: Collection[int]) -> int | None:
     """One of the step sizes the indices were built with, or None (whole collection) for 'all' or absent."""
     if value is None or value == "all":
