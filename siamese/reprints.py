@@ -62,8 +62,11 @@ COLOUR_RESIDUAL = 4.0
 what its lightness explains: photographs and colour prints do (median 6-12 on drawings and emoji
 flags), grey, toned (sepia) and 1-bit images do not (below 1), so they are compared in grey only."""
 COLOUR_DIFFERENCE = 20.0
-"""Two aligned cells of colour images disagree when their mean a/b differ by more than this (Lab
-units): the black, blue or green stripe of one tricolour flag against another's."""
+HUE_COSINE = 0.7
+"""Two aligned cells of colour images disagree when one has colour (mean a/b chroma above
+COLOUR_DIFFERENCE) and the other next to none (a quarter of it), or when both have and their hues
+are more than 45 degrees apart: the black, blue or green stripe of one tricolour flag against
+another's. Saturation alone never counts (gamma and contrast change it)."""
 DEFAULT_CANDIDATES = 20
 MAX_CANDIDATES = 100
 CACHE_BYTES = 32 * 1024 * 1024
@@ -203,6 +206,18 @@ def _outside(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(low - values, values - high), 0)
 
 
+def _colours_differ(ours: np.ndarray, theirs: np.ndarray) -> bool:
+    """Whether two mean Lab a/b are other colours, not one colour under another tone curve (gamma and
+    contrast move saturation, not hue): other hues, or colour against none."""
+    chroma_ours, chroma_theirs = float(np.hypot(*ours)), float(np.hypot(*theirs))
+    if max(chroma_ours, chroma_theirs) < COLOUR_DIFFERENCE:
+        return False
+    if min(chroma_ours, chroma_theirs) < COLOUR_DIFFERENCE / 4:
+        return True
+    cosine = float(ours @ theirs) / (chroma_ours * chroma_theirs)
+    return cosine < HUE_COSINE
+
+
 def cell_agreement(query: np.ndarray, aligned: np.ndarray, valid: np.ndarray,
                    rule: ReprintRule = DEFAULT_RULE,
                    colours: tuple[np.ndarray, np.ndarray] | None = None) -> float:
@@ -212,7 +227,7 @@ def cell_agreement(query: np.ndarray, aligned: np.ndarray, valid: np.ndarray,
     more than DIFFERENT_PIXELS of it differ by more than PIXEL_DIFFERENCE grey levels after the tone
     curve (an emblem on one flag's white band, a face of another skin tone), or, where both images have
     colour of their own (`colours`: their aligned Lab a/b, any size), when its mean colours differ by
-    more than COLOUR_DIFFERENCE. Blank paper in both says nothing and is not counted.
+    other colours (_colours_differ). Blank paper in both says nothing and is not counted.
     """
     scale = min(1.0, CELL_SIDE / max(query.shape))
     size = (max(1, round(query.shape[1] * scale)), max(1, round(query.shape[0] * scale)))
@@ -240,7 +255,7 @@ def cell_agreement(query: np.ndarray, aligned: np.ndarray, valid: np.ndarray,
             if colours is not None:
                 mean_ours = colour_ours[top:bottom, left:right][mask].mean(axis=0)
                 mean_theirs = colour_theirs[top:bottom, left:right][mask].mean(axis=0)
-                differs |= float(np.hypot(*(mean_ours - mean_theirs))) > COLOUR_DIFFERENCE
+                differs |= _colours_differ(mean_ours, mean_theirs)
             textured = max(a.std(), b.std()) >= 8
             if not textured and not differs:
                 continue
