@@ -50,7 +50,7 @@ from siamese import serving, upload
 from siamese.assets import asset_dir
 from siamese.backbones import Embedder
 from siamese.cli import Parser
-from siamese.collection import Collection, CollectionError
+from siamese.collection import Collection, CollectionError, ReprintsUnavailable
 from siamese.original_api import add_original_routes
 from siamese.params import (
     DEFAULT_NNS,
@@ -59,10 +59,12 @@ from siamese.params import (
     parse_count,
     parse_flag,
     parse_period,
+    parse_reprints,
     parse_steps,
     parse_urn,
     shorten,
 )
+from siamese.reprints import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from siamese.vector_store import StoreError
 from siamese.web import ApiError, App, error_body, json_answer, request_parameters
 
@@ -83,8 +85,11 @@ def _thumbnail_query(urn: str) -> str:
 
 
 def info(collection: Collection) -> dict:
-    """/api/collection: the collection's own description, and the largest nns this server answers."""
-    return {**collection.info(), "max_nns": MAX_NNS}
+    """/api/collection: the collection's own description, the largest nns this server answers, and
+    what reprints are checked on (null: they cannot be), how many the page checks and at most."""
+    return {**collection.info(), "max_nns": MAX_NNS,
+            "reprints": {"images": collection.reprint_images, "default": DEFAULT_CANDIDATES,
+                         "max": MAX_CANDIDATES}}
 
 
 _ROUTES_TEXT = ("GET /, /api/neighbours, /api/item, /api/random, /api/collection, /thumbnail, /static/..., "
@@ -184,12 +189,17 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
 
     @route("/api/neighbours")
     def neighbours() -> str:
-        parameters = request_parameters("/api/neighbours", ("urn", "nns", "step", "vectors"))
+        parameters = request_parameters("/api/neighbours", ("urn", "nns", "step", "vectors", "reprints"))
         urn = parse_urn(parameters.get("urn"))
         nns = parse_count(parameters.get("nns"), "nns", DEFAULT_NNS, MAX_NNS)
         steps = parse_steps(parameters.get("step"), collection.steps)
         vectors = parse_flag(parameters.get("vectors"), "vectors")
-        return json_answer(with_thumbnails(collection.neighbours(known(urn), nns, steps, vectors)))
+        reprints = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
+        try:
+            answer = collection.neighbours(known(urn), nns, steps, vectors, reprints=reprints)
+        except ReprintsUnavailable as error:
+            raise ApiError(400, str(error)) from None
+        return json_answer(with_thumbnails(answer))
 
     @route("/api/item")
     def item() -> str:
@@ -241,6 +251,8 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
             answer = upload.search(bottle.request, collection, embedder)
         except (ParameterError, upload.UploadError) as error:
             raise ApiError(error.status, str(error)) from None
+        except ReprintsUnavailable as error:
+            raise ApiError(400, str(error)) from None
         return json_answer(with_thumbnails(answer))
 
     add_original_routes(app, collection)  # GET /query, /random: the original Siamese's API
@@ -277,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thumbnails", metavar="DIR",
                         help="its thumbnails (made by make_thumbnails.py); without them the page shows "
                              "placeholders")
+    parser.add_argument("--images-root", metavar="DIR",
+                        help="the folder the metadata's image paths are relative to (as for "
+                             "extract_vectors.py): reprints (?reprints=N) are then checked on the original "
+                             "images instead of the thumbnails")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
@@ -288,13 +304,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--port must be from 0 to 65535")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.images_root is not None and not Path(args.images_root).is_dir():
+        parser.error(f"--images-root: no such folder: {args.images_root}")
     if args.thumbnails is None or not Path(args.thumbnails).is_dir():
         print(f"app.py: warning: no thumbnails{' in ' + args.thumbnails if args.thumbnails else ''}; "
               "make them with: python make_thumbnails.py METADATA_CSV THUMBNAIL_DIR", file=sys.stderr)
     # Before the collection is opened: it keeps an index file open per period (siamese/serving.py).
     open_files = serving.raise_open_file_limit()
     try:
-        collection = Collection(args.vector_dir, args.index_dir, args.thumbnails, verbose=True)
+        collection = Collection(args.vector_dir, args.index_dir, args.thumbnails, verbose=True,
+                                images_root=args.images_root)
     except (CollectionError, StoreError, ValueError, OSError) as error:
         hint = ""
         if isinstance(error, OSError) and error.errno == errno.EMFILE:

@@ -205,7 +205,7 @@ class Collection:
         candidates = PeriodHits(candidates.period, candidates.rows[:reprints],
                                       candidates.distances[:reprints])
         verification = verify(query_features, candidates.rows.tolist(), self._candidate_features,
-                              self.reprint_images or "")
+                              self.require_reprint_images())
         years = self._years
         promoted = {key: promote_reprints(hits[key], candidates, verification, years, n)
                     for key, n in plan.items()}
@@ -221,6 +221,13 @@ class Collection:
         if self.images_root is not None:
             return "originals"
         return "thumbnails" if self.thumbnails.directory is not None else None
+
+    def require_reprint_images(self) -> str:
+        """reprint_images, or ReprintsUnavailable saying how to give the collection images."""
+        if self.reprint_images is None:
+            raise ReprintsUnavailable("reprints cannot be checked: this collection has neither thumbnails "
+                                      "nor its images (app.py --thumbnails DIR or --images-root DIR)")
+        return self.reprint_images
 
     def reprint_image(self, urn: str) -> Image.Image | None:
         """The image of `urn` that reprints are checked on (None when it cannot be read)."""
@@ -243,9 +250,7 @@ class Collection:
 
     def _query_features(self, query: str | Sequence[float] | np.ndarray,
                         query_image: Image.Image | None) -> ImageFeatures:
-        if self.reprint_images is None:
-            raise ReprintsUnavailable("reprints cannot be checked: this collection has neither thumbnails "
-                                      "nor its images (app.py --thumbnails DIR or --images-root DIR)")
+        self.require_reprint_images()
         if query_image is not None:
             return image_features(query_image)
         if not isinstance(query, str):

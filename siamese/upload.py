@@ -30,14 +30,23 @@ from PIL import Image
 
 from siamese.backbones import BackboneError, Embedder, get_backbone
 from siamese.collection import Collection
-from siamese.images import ImageRejected, load_model_input_with_size
-from siamese.params import DEFAULT_NNS, MAX_NNS, parse_count, parse_query_string, parse_steps, shorten
+from siamese.images import ImageRejected, load_model_input_with_size, open_rgb
+from siamese.params import (
+    DEFAULT_NNS,
+    MAX_NNS,
+    parse_count,
+    parse_query_string,
+    parse_reprints,
+    parse_steps,
+    shorten,
+)
+from siamese.reprints import MAX_CANDIDATES, WORKING_SIDE
 from siamese.system import process_running, return_freed_memory
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
 TEMPORARY_PREFIX = "siamese-upload-"
-FIELDS = ("image", "nns", "step")
+FIELDS = ("image", "nns", "step", "reprints")
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # octet-stream: what some clients send for files
 
 MAX_CONCURRENT_DECODES = 2
@@ -144,13 +153,13 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = 
     `max_bytes`: the largest image accepted (default MAX_UPLOAD_BYTES)."""
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     check_length(request.environ, max_bytes)
-    parameters = parse_query_string(request.environ.get("QUERY_STRING", ""), ("nns", "step"),
+    parameters = parse_query_string(request.environ.get("QUERY_STRING", ""), ("nns", "step", "reprints"),
                                     "POST /api/search")
     post = _form_fields(request)
     for name in post:
         if name not in FIELDS:
             raise UploadError(400, f"unknown field {shorten(_utf8(name, 'a field name'))}; POST /api/search "
-                                   "takes a file field 'image' and the fields nns and step")
+                                   "takes a file field 'image' and the fields nns, step and reprints")
         values = post.getall(name)
         if len(values) > 1 or (name != "image" and name in parameters):
             raise UploadError(400, f"field {name!r} given more than once; give it once")
@@ -179,6 +188,7 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = 
         raise UploadError(413, f"the image is {_megabytes(size)}; images of at most "
                                f"{_megabytes(max_bytes)} are accepted")
     nns = parse_count(parameters.get("nns"), "nns", default_nns, max_nns)
+    request.environ["siamese.reprints"] = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
     return upload, nns, parse_steps(parameters.get("step"), steps)
 
 
@@ -192,15 +202,25 @@ def search(request: bottle.BaseRequest, collection: Collection, embedder: Embedd
     already loaded, else it is loaded once per process.
     """
     upload, nns, steps = read_form(request, collection.steps, default_nns, max_nns, max_bytes)
-    vector, metadata = embed_upload(upload, collection, embedder)
-    answer = collection.neighbours(vector, nns, steps)
-    return {"urn": None, "metadata": metadata, "model": collection.model, "nns": answer["nns"],
-            "step": answer["step"], "steps": answer["steps"]}
+    reprints = request.environ["siamese.reprints"]
+    if reprints:
+        collection.require_reprint_images()  # refused before the upload is decoded
+    embedded = embed_upload(upload, collection, embedder, with_image=reprints > 0)
+    vector, metadata, image = embedded if reprints else (*embedded, None)
+    answer = collection.neighbours(vector, nns, steps, reprints=reprints, query_image=image)
+    result = {"urn": None, "metadata": metadata, "model": collection.model, "nns": answer["nns"],
+              "step": answer["step"]}
+    if "reprints" in answer:
+        result["reprints"] = answer["reprints"]
+    result["steps"] = answer["steps"]
+    return result
 
 
-def embed_upload(upload: bottle.FileUpload, collection: Collection,
-                 embedder: Embedder | None) -> tuple[np.ndarray, dict]:
-    """The upload's vector by the collection's model, and what the answer says of the upload.
+def embed_upload(upload: bottle.FileUpload, collection: Collection, embedder: Embedder | None, *,
+                 with_image: bool = False) -> tuple:
+    """The upload's vector by the collection's model, and what the answer says of the upload; with
+    `with_image`, also the image itself at most reprints.WORKING_SIDE on its longer side (what reprints
+    are checked on).
 
     The bytes are copied into a fresh private temporary directory (never under the client's file
     name) and read from there; the directory is removed before this returns or raises.
@@ -221,9 +241,26 @@ def embed_upload(upload: bottle.FileUpload, collection: Collection,
         except BackboneError as error:
             raise UploadError(503, f"the collection's model cannot be loaded here: {error}") from None
         metadata = {"filename": upload.raw_filename, "width": width, "height": height, "bytes": size}
-        return vector, metadata
+        if not with_image:
+            return vector, metadata
+        return vector, metadata, decode_working_image(path)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def decode_working_image(path: str | os.PathLike) -> Image.Image:
+    """The upload as reprints are checked on it: upright RGB, at most WORKING_SIDE on its longer side
+    (a JPEG decoded near that size), in one of the decode slots like decode_upload."""
+    if not _decode_slots.acquire(timeout=DECODE_WAIT_SECONDS):
+        raise UploadError(503, "the server is busy decoding other uploads; try again in a minute")
+    try:
+        image = open_rgb(path, draft_size=(WORKING_SIDE, WORKING_SIDE))
+        image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
+        return image
+    except ImageRejected as error:
+        raise UploadError(400, f"the upload cannot be used as an image: {error}") from None
+    finally:
+        _decode_slots.release()
 
 
 def decode_upload(path: str | os.PathLike, input_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:

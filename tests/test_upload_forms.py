@@ -68,7 +68,7 @@ def test_an_image_sent_as_a_text_field_is_400_saying_how_to_send_a_file(app, png
 
 def test_a_file_name_that_is_not_utf8_is_still_searched(app, png):
     status, answer = post(app, multipart([image_part(png, b"\xff\xfe.png")]))
-    assert status == 200 and answer["steps"]["all"][0]["neighbours"]
+    assert status == 200 and answer["steps"]["all"][0]["neighbours"], answer
 
 
 def test_a_nested_multipart_is_400(app, png):
