@@ -17,6 +17,9 @@
   let current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
   let currentUpload = null;  // { file, url } while the page shows the results of an uploaded image
   const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;  // the server's limit (it answers 413 above it)
+  // Reprints: the nearest images checked for being the same printed image (another scan, a reprint),
+  // when the server has images to check them on (its thumbnails or the originals).
+  const REPRINTS = collection.reprints && collection.reprints.images ? String(collection.reprints.default) : null;
 
   // ------------------------------------------------------------------------------ helpers
 
@@ -132,6 +135,11 @@
       caption.append(element("span", { className: "distance", textContent: formatDistance(item.distance) }));
     }
     link.append(image(item, true), caption);
+    if (item.reprint) {
+      link.classList.add("reprint");
+      link.title += "\nthe same image (" + item.inliers + " matching points, geometry and content checked)";
+      link.append(element("span", { className: "badge", textContent: "same image" }));
+    }
     link.addEventListener("click", (event) => {
       if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey || event.altKey) {
         return;  // a new tab or window: let the browser follow the link
@@ -179,10 +187,17 @@
     document.title = (metadata.filename || "Uploaded image") + " — Siamese";
   }
 
-  function drawNeighbours(neighbours) {
+  function drawNeighbours(neighbours, reprints) {
     $("neighbours").replaceChildren(...(neighbours.length
       ? neighbours.map((item) => thumbnail(item))
       : [element("p", { className: "none", textContent: "no other images" })]));
+    const summary = $("reprint-summary");
+    summary.hidden = !reprints;
+    if (reprints) {
+      const found = reprints.found === 1 ? "1 is" : reprints.found + " are";
+      summary.textContent = "Same image: " + found + " the same printed image among the " + reprints.checked
+        + " nearest (checked on the " + reprints.images + "); shown first, marked \u201csame image\u201d.";
+    }
   }
 
   function drawControls(state) {
@@ -233,10 +248,15 @@
       const distance = period.neighbours[0].distance;
       const closeness = Math.abs(floor - distance) / Math.abs(floor - best || 1);
       const barHeight = Math.max(3, closeness * (height - top - bottom));
+      const reprintNote = period.reprints ? "; " + period.reprints + " reprint" + (period.reprints === 1 ? "" : "s") : "";
       const link = svg("a", { href: "#period-" + period.period, class: own ? "bar own" : "bar" }, [
-        svg("title", {}, [period.period + ": closest distance " + formatDistance(distance)]),
+        svg("title", {}, [period.period + ": closest distance " + formatDistance(distance) + reprintNote]),
         svg("rect", { x: x, y: height - bottom - barHeight, width: barWidth, height: barHeight, rx: 2 }),
       ]);
+      if (period.reprints) {  // a mark above the bar: the same image was printed in this period
+        link.append(svg("circle", { cx: x + barWidth / 2, cy: Math.max(5, height - bottom - barHeight - 16),
+                                    r: 4, class: "reprint-mark" }));
+      }
       if (showValues) {
         link.append(svg("text", { x: x + barWidth / 2, y: height - bottom - barHeight - 5, class: "value" },
                         [formatDistance(distance)]));
@@ -281,6 +301,12 @@
       if (!empty) {
         label.append(element("small", { textContent: "closest " + formatDistance(period.neighbours[0].distance) }));
       }
+      if (period.reprints) {
+        label.append(element("small", {
+          className: "reprint-count",
+          textContent: period.reprints === 1 ? "1 reprint" : period.reprints + " reprints",
+        }));
+      }
       const strip = element("div", { className: "strip" },
         empty ? [element("span", { className: "none", textContent: "no images from this period" })]
               : period.neighbours.map((item) => thumbnail(item)));
@@ -303,8 +329,9 @@
     document.body.classList.add("busy");
     try {
       // One request: the whole collection (the top list) and the timeline's step, answered together.
-      const answer = await getJson("api/neighbours",
-        { urn: state.urn, nns: String(state.nns), step: "all," + String(state.step) });
+      const parameters = { urn: state.urn, nns: String(state.nns), step: "all," + String(state.step) };
+      if (REPRINTS) parameters.reprints = REPRINTS;
+      const answer = await getJson("api/neighbours", parameters);
       if (mine !== requestNumber) return;
       forgetUpload();
       const step = answer.step[1];
@@ -314,7 +341,7 @@
       $("start").hidden = true;
       $("results").hidden = false;
       drawQuery(answer);
-      drawNeighbours(answer.steps.all[0].neighbours);
+      drawNeighbours(answer.steps.all[0].neighbours, answer.reprints);
       drawControls(current);
       drawTimeline(periods, answer.metadata.year);
       drawChart(periods, answer.metadata.year);
@@ -351,7 +378,9 @@
     const mine = ++requestNumber;
     document.body.classList.add("busy");
     try {
-      const answer = await postImage(file, { nns: String(state.nns), step: "all," + String(state.step) });
+      const parameters = { nns: String(state.nns), step: "all," + String(state.step) };
+      if (REPRINTS) parameters.reprints = REPRINTS;
+      const answer = await postImage(file, parameters);
       if (mine !== requestNumber) return;
       if (currentUpload === null || currentUpload.file !== file) {
         forgetUpload();
@@ -364,7 +393,7 @@
       $("start").hidden = true;
       $("results").hidden = false;
       drawUploadQuery(answer, currentUpload.url);
-      drawNeighbours(answer.steps.all[0].neighbours);
+      drawNeighbours(answer.steps.all[0].neighbours, answer.reprints);
       drawControls(current);
       drawTimeline(periods, NaN);  // an upload has no year of its own
       drawChart(periods, NaN);

@@ -59,6 +59,7 @@
             <label class="nns-choice">show
               <select id="nns" aria-label="Neighbours per list"></select> per list</label>
           </div>
+          <p id="reprint-summary" class="reprint-summary" hidden></p>
           <div id="neighbours" class="grid"></div>
         </section>
 
@@ -79,10 +80,10 @@
   </main>
 
   <footer class="footer">
-    JSON API: <code>api/neighbours?urn=…&amp;nns=10&amp;step={{info["steps"][-1]}}&amp;vectors=false</code> ·
+    JSON API: <code>api/neighbours?urn=…&amp;nns=10&amp;step={{info["steps"][-1]}}&amp;vectors=false&amp;reprints=20</code> ·
     <code>api/item?urn=…</code> · <code>api/random?n=1&amp;period=…</code> · <code>api/collection</code> ·
     <code>thumbnail?urn=…</code> · <code>POST api/search</code> (multipart <code>image</code>, <code>nns</code>,
-    <code>step</code>)
+    <code>step</code>, <code>reprints</code>)
   </footer>
 </body>
 </html>
