@@ -30,6 +30,7 @@ from siamese.reprints import (
     WORKING_SIDE,
     FeatureCache,
     ImageFeatures,
+    Verification,
     image_features,
     promote_reprints,
     verify,
@@ -191,7 +192,9 @@ class Collection:
         on the thumbnails; the verified ones come first in their periods (also where a period's own
         search did not reach them), checked neighbours say "reprint" and "inliers", every period
         "reprints" (its count), and "reprints" says what was checked. A vector query needs
-        `query_image` (an upload); ReprintsUnavailable when nothing can be checked.
+        `query_image` (an upload); ReprintsUnavailable when the collection has no images to check on or
+        a vector comes without its image. When the query's own image cannot be read, the search is
+        answered all the same and "reprints" has a "note" saying so.
         """
         answer = self.item(query, vectors) if isinstance(query, str) else {"urn": None, "metadata": {}}
         answer.update(nns=nns, step=steps[0] if len(steps) == 1 else list(steps))
@@ -204,8 +207,13 @@ class Collection:
         candidates = hits[WHOLE][0]
         candidates = PeriodHits(candidates.period, candidates.rows[:reprints],
                                       candidates.distances[:reprints])
-        verification = verify(query_features, candidates.rows.tolist(), self._candidate_features,
-                              self.require_reprint_images())
+        if query_features is None:  # the search is answered all the same, saying why nothing was checked
+            verification = Verification({}, self.require_reprint_images(), len(candidates.rows), 0.0,
+                                        f"the query's {self.reprint_images[:-1]} cannot be read: nothing "
+                                        "was checked")
+        else:
+            verification = verify(query_features, candidates.rows.tolist(), self._candidate_features,
+                                   self.require_reprint_images())
         years = self._years
         promoted = {key: promote_reprints(hits[key], candidates, verification, years, n)
                     for key, n in plan.items()}
@@ -249,17 +257,13 @@ class Collection:
         return self._reprint_features.get(urn, lambda: self.reprint_image(urn))
 
     def _query_features(self, query: str | Sequence[float] | np.ndarray,
-                        query_image: Image.Image | None) -> ImageFeatures:
+                        query_image: Image.Image | None) -> ImageFeatures | None:
         self.require_reprint_images()
         if query_image is not None:
             return image_features(query_image)
         if not isinstance(query, str):
             raise ReprintsUnavailable("reprints are checked on images: query by urn or upload an image")
-        features = self._candidate_features(self.store.row_of(query))
-        if features is None:
-            raise ReprintsUnavailable(f"reprints cannot be checked: the query's {self.reprint_images[:-1]} "
-                                      "cannot be read")
-        return features
+        return self._candidate_features(self.store.row_of(query))
 
     def embed(self, image: str | os.PathLike | Image.Image, embedder: Embedder | None = None) -> np.ndarray:
         """An image's vector by the collection's own model (`embedder`: that model, already loaded),

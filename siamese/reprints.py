@@ -341,12 +341,17 @@ class Verification:
     images: str          # "thumbnails" or "originals"
     unavailable: int     # candidates without an image to check
     milliseconds: float
+    note: str | None = None  # why nothing was checked, when nothing could be
 
     def summary(self, rule: ReprintRule = DEFAULT_RULE) -> dict:
-        """What the answer says of the checking: checked, found, images, unavailable, ms, rule."""
-        return {"checked": len(self.checks), "found": sum(check.reprint for check in self.checks.values()),
-                "images": self.images, "unavailable": self.unavailable,
-                "ms": round(self.milliseconds, 1), "rule": asdict(rule)}
+        """What the answer says of the checking: checked, found, images, unavailable, ms, rule (and
+        note, when nothing could be checked)."""
+        summary = {"checked": len(self.checks), "found": sum(check.reprint for check in self.checks.values()),
+                   "images": self.images, "unavailable": self.unavailable,
+                   "ms": round(self.milliseconds, 1), "rule": asdict(rule)}
+        if self.note:
+            summary["note"] = self.note
+        return summary
 
 
 def verify(query: ImageFeatures, rows: Sequence[int], load: Callable[[int], ImageFeatures | None],

@@ -193,7 +193,9 @@
       : [element("p", { className: "none", textContent: "no other images" })]));
     const summary = $("reprint-summary");
     summary.hidden = !reprints;
-    if (reprints) {
+    if (reprints && reprints.note) {
+      summary.textContent = "Same image: " + reprints.note + ".";
+    } else if (reprints) {
       const found = reprints.found === 1 ? "1 is" : reprints.found + " are";
       summary.textContent = "Same image: " + found + " the same printed image among the " + reprints.checked
         + " nearest (checked on the " + reprints.images + "); shown first, marked \u201csame image\u201d.";

@@ -198,3 +198,28 @@ def test_random_opens_an_image_of_the_collection(server, page, app_collection):
     page.locator("#results").wait_for()
     page.wait_for_function("!document.body.classList.contains('busy')")
     assert query_of(page)["urn"] in app_collection.urns
+
+
+def test_reprints_are_checked_marked_and_counted_as_the_api_says(server, page, app_collection):
+    """The page asks for the 20 nearest to be checked (reprints=20, on the thumbnails) and shows the
+    verdicts: a "same image" badge on each verified neighbour, the summary, a count per period."""
+    requests = record_api_requests(page)
+    urn = app_collection.pairs[2][0]
+    page.goto(server + "?" + urlencode({"urn": urn, "step": 10}))
+    wait_for_query(page, urn, 10)
+    searches = [url for method, url in requests if "/api/neighbours" in url]
+    assert parse_qs(urlsplit(searches[0]).query)["reprints"] == ["20"]
+    with urlopen(server + "api/neighbours?" + urlencode({"urn": urn, "step": "all,10", "reprints": 20})) as r:
+        answer = json.load(r)
+    assert answer["reprints"]["checked"] == 20 and answer["reprints"]["images"] == "thumbnails"
+    top = answer["steps"]["all"][0]["neighbours"]
+    badged = page.locator("#neighbours .thumb").evaluate_all(
+        "links => links.map(link => link.querySelector('.badge') !== null)")
+    assert badged == [bool(n.get("reprint")) for n in top]
+    summary = page.locator("#reprint-summary")
+    assert summary.is_visible() and "among the 20 nearest (checked on the thumbnails)" in summary.inner_text()
+    counted = page.locator("#timeline .period").evaluate_all(
+        "rows => rows.map(row => row.querySelector('.reprint-count')?.textContent || '')")
+    expected = ["" if not p["reprints"] else f"{p['reprints']} reprint" + ("s" if p["reprints"] > 1 else "")
+                for p in answer["steps"]["10"]]
+    assert counted == expected
