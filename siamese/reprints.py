@@ -45,11 +45,13 @@ WORKING_SIDE = 512
 beyond it adds keypoints of paper grain and screen dots, not of the picture."""
 MIN_SIDE = 160
 """Smaller images are enlarged to this first (bicubic), so that a small copy still yields keypoints."""
-CELL_SIDE = 128
+CELL_SIDE = 192
 """The aligned images are compared at this many pixels on the longer side, smoothed, in CELLS x CELLS
 cells: coarse enough that halftone screens, JPEG blocks and a pixel of misalignment do not count,
-fine enough that another picture in the same frame does (96 px and 6 x 6 let 2.4 times as many
-different drawings through, 192 px the same as 128 but slower)."""
+fine enough that another picture or other lines of text in the same frame do (bench/reprints.py: at
+128 px, 2 of 1,560 advertisements of one template and 23 % of those with the same picture but other
+text passed; at 192, none and 10 %; 96 px and 6 x 6 cells let 2.4 times as many different drawings
+through)."""
 CELLS = 8
 PIXEL_DIFFERENCE = 48.0
 DIFFERENT_PIXELS = 0.05
