@@ -264,7 +264,8 @@ def test_collection_describes_what_can_be_asked(client, collection, app_collecti
                     "descriptor": {"kind": "whitened", "dimensions": 48},  # 49 rows span 48 directions
                     "metric": "euclidean", "steps": [10, 1],
                     "years": {"first": collection.years[0], "last": collection.years[1]},
-                    "max_nns": MAX_NNS}
+                    "max_nns": MAX_NNS,
+                    "reprints": {"images": "thumbnails", "default": 20, "max": 100}}
     assert_error(get(client, "/api/collection", status=400, urn="x"), 400, "/api/collection takes no param")
 
 
