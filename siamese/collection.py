@@ -27,6 +27,8 @@ from siamese.images import ImageRejected, open_rgb
 from siamese.index_build import IndexConfig, build_indices
 from siamese.index_dir import WHOLE, IndexDamaged, built_step_sizes, read_manifest
 from siamese.reprints import (
+    LOOK_DEEPER,
+    MAX_CANDIDATES,
     WORKING_SIDE,
     FeatureCache,
     ImageFeatures,
@@ -188,12 +190,13 @@ class Collection:
         one list of periods per step, in the order asked. For a vector, "urn" is None and "metadata" empty.
 
         `reprints`: check the query's `reprints` nearest images of the whole collection for being the
-        same printed image (siamese/reprints.py), on the originals when `images_root` is known, else
-        on the thumbnails; the verified ones come first in their periods (also where a period's own
-        search did not reach them), checked neighbours say "reprint" and "inliers", every period
-        "reprints" (its count), and "reprints" says what was checked. A vector query needs
-        `query_image` (an upload); ReprintsUnavailable when the collection has no images to check on or
-        a vector comes without its image. When the query's own image cannot be read, the search is
+        same printed image (siamese/reprints.py; and the next ones while most of those checked are near
+        misses, such as a template's other advertisements: reprints.verify), on the originals when
+        `images_root` is known, else on the thumbnails; the verified ones come first in their periods
+        (also where a period's own search did not reach them), checked neighbours say "reprint" and
+        "inliers", every period "reprints" (its count), and "reprints" says what was checked. A vector
+        query needs `query_image` (an upload); ReprintsUnavailable when the collection has no images to
+        check on or a vector comes without its image. When the query's own image cannot be read, the search is
         answered all the same and "reprints" has a "note" saying so.
         """
         answer = self.item(query, vectors) if isinstance(query, str) else {"urn": None, "metadata": {}}
@@ -203,17 +206,17 @@ class Collection:
             return answer
         query_features = self._query_features(query, query_image)
         plan = {step_key(step): nns for step in steps}
-        hits = self.core.search(self._query(query), {**plan, WHOLE: max(plan.get(WHOLE, 0), reprints)})
+        depth = max(reprints, min(MAX_CANDIDATES, LOOK_DEEPER * reprints))
+        hits = self.core.search(self._query(query), {**plan, WHOLE: max(plan.get(WHOLE, 0), depth)})
         candidates = hits[WHOLE][0]
-        candidates = PeriodHits(candidates.period, candidates.rows[:reprints],
-                                      candidates.distances[:reprints])
+        candidates = PeriodHits(candidates.period, candidates.rows[:depth], candidates.distances[:depth])
         if query_features is None:  # the search is answered all the same, saying why nothing was checked
-            verification = Verification({}, self.require_reprint_images(), len(candidates.rows), 0.0,
+            verification = Verification({}, self.require_reprint_images(), reprints, 0.0,
                                         f"the query's {self.reprint_images[:-1]} cannot be read: nothing "
                                         "was checked")
         else:
             verification = verify(query_features, candidates.rows.tolist(), self._candidate_features,
-                                   self.require_reprint_images())
+                                  self.require_reprint_images(), batch=reprints)
         years = self._years
         promoted = {key: promote_reprints(hits[key], candidates, verification, years, n)
                     for key, n in plan.items()}

