@@ -1,7 +1,7 @@
 """The Siamese web app: search a collection by image similarity, whole and period by period.
 
-    python app.py --vector-dir DIR --index-dir DIR [--thumbnails DIR] [--host 127.0.0.1] [--port 8080]
-                  [--threads 8] [--debug]
+    python app.py --vector-dir DIR --index-dir DIR [--thumbnails DIR] [--images-root DIR]
+                  [--host 127.0.0.1] [--port 8080] [--threads 8] [--debug]
 
 Serves the search page and a JSON API with waitress (a multi-threaded production WSGI server, set up in
 siamese/serving.py to stay up under adversity: many connections, slow or oversized requests; the
@@ -9,15 +9,16 @@ threads share the memory-mapped vectors and indices); --debug uses Bottle's sing
 server instead and adds tracebacks to 500s. The metadata is the one the vector store holds.
 
     GET /                       the search page; /?urn=U&step=S&nns=N is a permalink to a search
-    GET /api/neighbours?urn=U[&nns=10][&step=S|all|all,S,...][&vectors=false]
+    GET /api/neighbours?urn=U[&nns=10][&step=S|all|all,S,...][&vectors=false][&reprints=0]
                                 the nns nearest neighbours of U in every period of S years (S: a step
                                 size the indices were built with), or in the whole collection (all);
-                                several steps (step=all,10) are answered together, one list each
+                                several steps (step=all,10) are answered together, one list each;
+                                reprints=K checks the K nearest for being the same printed image
     GET /api/item?urn=U[&vectors=false]          U's metadata and thumbnail
     GET /api/random[?n=1][&period=1950-1959]     n images drawn at random, from a period if given
     GET /api/collection                          size, years, model, metric, step sizes, largest nns
-    GET /thumbnail?urn=U                         U's thumbnail JPEG (from make_thumbnails.py)
-    POST /api/search  (multipart: image=FILE[, nns=10][, step=S|all|all,S,...])
+    GET /thumbnail?urn=U[&v=VERSION]             U's thumbnail JPEG (from make_thumbnails.py)
+    POST /api/search  (multipart: image=FILE[, nns=10][, step=S|all|all,S,...][, reprints=0])
                                 the neighbours of an uploaded image (at most 20 MB), embedded with the
                                 collection's own model: /api/neighbours' answer with "urn": null
     GET /query?urn=U[&nns=N&step=S][&vectors=false], GET /random
@@ -27,6 +28,10 @@ The parameter names urn, nns, step and vectors are those of the original Siamese
 /api/neighbours has the structure of AnnoyIndexer.query_all, plus thumbnail URLs: {"urn", "metadata",
 "thumbnail", "nns", "step", "steps": {"all": [periods], "10": [periods]}}, one list of periods per step
 asked for ("step" is that step, null for all, or the list of them when several were asked for).
+Answers of /api/neighbours, /api/item and /api/collection carry an ETag (the indices' fingerprint, the
+thumbnails present, the code version and the request, hashed): a client that sends it back in
+If-None-Match gets a 304. JSON of 1 kB or more is gzipped for clients that accept it; thumbnail URLs
+carry their file's version and may be cached for good.
 This module holds the routes, the error handler and the command line; the answers come from
 siamese/collection.py (see docs/architecture.md). Every error is JSON,
 {"error": "...", "status": N}, and a 4xx says what is allowed. Unknown parameters are refused rather
@@ -66,7 +71,7 @@ from siamese.params import (
 )
 from siamese.reprints import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from siamese.vector_store import StoreError
-from siamese.web import ApiError, App, error_body, json_answer, request_parameters
+from siamese.web import ApiError, App, error_body, json_answer, request_parameters, tag_answer
 
 __all__ = ["MAX_NNS", "Collection", "CollectionError", "main", "make_app", "serve_requests_in_parallel"]
 
@@ -74,7 +79,8 @@ VIEWS = asset_dir("views")  # the checkout's, or share/siamese/views when instal
 STATIC = asset_dir("static")
 DEFAULT_RANDOM = 1
 MAX_RANDOM = 100
-THUMBNAIL_MAX_AGE = 24 * 3600  # a urn's thumbnail does not change; browsers need not ask again soon
+THUMBNAIL_MAX_AGE = 24 * 3600  # a urn's thumbnail asked for without its version (v=)
+THUMBNAIL_VERSIONED = "public, max-age=31536000, immutable"  # thumbnail?urn=...&v=...: never changes
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -124,6 +130,15 @@ def _static_version() -> str:
     return digest.hexdigest()[:10]
 
 
+def _code_version() -> str:
+    """A short hash of the code that writes the answers (this file and the siamese package): an answer's
+    entity tag changes with it, so that a client never keeps an answer an older server made."""
+    digest = hashlib.sha1(Path(__file__).read_bytes())
+    for path in sorted(Path(upload.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def render_page(collection: Collection) -> str:
     """The search page, rendered once: it depends only on the collection, the rest is done by app.js."""
     described = info(collection)
@@ -163,10 +178,23 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
 
     def thumbnail_url(urn: str, prefix: str) -> str | None:
         """Where the page (or any client) gets the urn's thumbnail; None when there is none. `prefix`:
-        where the app is mounted (the request's SCRIPT_NAME), so that the URL works behind a proxy."""
-        if not collection.has_thumbnail(urn):
+        where the app is mounted (the request's SCRIPT_NAME), so that the URL works behind a proxy.
+        The URL carries the file's version (v=), so that browsers may keep it for good."""
+        version = collection.thumbnails.version(urn)
+        if version is None:
             return None
-        return f"{prefix}thumbnail?{_thumbnail_query(urn)}"
+        return f"{prefix}thumbnail?{_thumbnail_query(urn)}&v={version}"
+
+    code_version = _code_version()
+
+    def tag_by_collection() -> None:
+        """An answer of a GET route depends on the request, the indices and store (the search core's
+        fingerprint), which thumbnails exist, and the code: its entity tag hashes them (a rebuilt
+        index, new thumbnails or another server version change it); 304 when the client has it."""
+        environ = bottle.request.environ
+        what = "\n".join((collection.core.fingerprint, collection.thumbnails.state(), code_version,
+                          environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
+        tag_answer(hashlib.sha1(what.encode("utf-8", "surrogateescape")).hexdigest()[:24])
 
     def with_thumbnails(result: dict) -> dict:
         """`result` with "thumbnail" after the query's metadata and on every neighbour (ours wins over a
@@ -195,6 +223,7 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         steps = parse_steps(parameters.get("step"), collection.steps)
         vectors = parse_flag(parameters.get("vectors"), "vectors")
         reprints = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
+        tag_by_collection()
         try:
             answer = collection.neighbours(known(urn), nns, steps, vectors, reprints=reprints)
         except ReprintsUnavailable as error:
@@ -206,6 +235,7 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         parameters = request_parameters("/api/item", ("urn", "vectors"))
         urn = parse_urn(parameters.get("urn"))
         vectors = parse_flag(parameters.get("vectors"), "vectors")
+        tag_by_collection()
         return json_answer(with_thumbnails(collection.item(known(urn), vectors)))
 
     @route("/api/random")
@@ -221,18 +251,23 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
     @route("/api/collection")
     def collection_info() -> str:
         request_parameters("/api/collection", ())
+        tag_by_collection()
         return json_answer(info(collection))
 
     @route("/thumbnail")
     def thumbnail() -> bottle.HTTPResponse:
-        urn = known(parse_urn(request_parameters("/thumbnail", ("urn",)).get("urn")))
+        parameters = request_parameters("/thumbnail", ("urn", "v"))
+        urn = known(parse_urn(parameters.get("urn")))
         path = collection.thumbnail_path(urn)
         if path is None:
             raise ApiError(404, f"no thumbnail for urn {shorten(urn, 200)}; make them with "
                                 "make_thumbnails.py (its rejects.csv lists images that could not be read)")
         response = bottle.static_file(path.name, root=str(path.parent), mimetype="image/jpeg")
-        if response.status_code == 200:
-            response.set_header("Cache-Control", f"public, max-age={THUMBNAIL_MAX_AGE}")
+        if response.status_code in (200, 304):
+            version = parameters.get("v")
+            current = version is not None and version == collection.thumbnails.version(urn)
+            response.set_header("Cache-Control",
+                                THUMBNAIL_VERSIONED if current else f"public, max-age={THUMBNAIL_MAX_AGE}")
         return response
 
     @route("/static/<filename>")

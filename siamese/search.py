@@ -22,6 +22,8 @@ One answer shape: every search is over periods, and the whole collection is one 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +136,8 @@ class SearchCore:
             raise layout.IndexDamaged(f"{self.index_dir} was built for another state of the store "
                                       f"{store.directory} (build again)")
         self.metric: str = manifest["metric"]
+        # what the answers depend on: the store's state, every index's fingerprint, the transform
+        self.fingerprint: str = hashlib.sha1(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
         self.step_sizes = layout.built_step_sizes(manifest) if step_sizes is None else list(step_sizes)
         self.transform: DescriptorTransform = layout.read_transform(self.index_dir, manifest.get("transform"))
         descriptor_dimensions = self.transform.dimensions(store.n_dimensions)

@@ -47,6 +47,26 @@ class Thumbnails:
     def exists(self, urn: str) -> bool:
         return self.directory is not None and os.path.isfile(self._file(urn))
 
+    def version(self, urn: str) -> str | None:
+        """A token that changes whenever the urn's thumbnail file does (its modification time and
+        size), or None when there is none: URLs carrying it can be cached for good."""
+        if self.directory is None:
+            return None
+        try:
+            stat = os.stat(self._file(urn))
+        except OSError:
+            return None
+        return f"{stat.st_mtime_ns:x}{stat.st_size:x}"
+
+    def state(self) -> str:
+        """A token that changes when thumbnails are added or removed (the folder's modification time)."""
+        if self.directory is None:
+            return "-"
+        try:
+            return f"{os.stat(self.directory).st_mtime_ns:x}"
+        except OSError:
+            return "-"
+
     def path(self, urn: str) -> Path | None:
         """The thumbnail file of `urn`, or None when none was made (not yet, or the image was rejected)."""
         return Path(self._file(urn)) if self.exists(urn) else None

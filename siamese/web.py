@@ -7,6 +7,7 @@ siamese/collection.py only; nothing below them knows about HTTP.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Callable, Iterable
 
@@ -27,16 +28,50 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
 )
 JSON_CACHE_CONTROL = "no-store"  # answers depend on the collection served now; thumbnails say their own
+TAGGED_CACHE_CONTROL = "no-cache"  # an answer with an ETag: kept, but asked for again (a 304 is cheap)
+GZIP_MIN_BYTES = 1024  # smaller answers fit in a packet or two anyway
+GZIP_LEVEL = 5  # a step=1 answer (about 42 kB) shrinks about 8 times in under a millisecond
 
 
 class ApiError(bottle.HTTPError):
     """An error whose message is meant for the client as it is (the JSON's "error")."""
 
 
-def json_answer(data: object) -> str:
-    """`data` as the body of a JSON answer (and its content type set): compact, UTF-8, no NaN."""
-    bottle.response.content_type = "application/json; charset=utf-8"
-    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+def accepts_gzip(environ: dict) -> bool:
+    """Whether the request's Accept-Encoding allows gzip (not refused with q=0)."""
+    for part in environ.get("HTTP_ACCEPT_ENCODING", "").split(","):
+        name, _, parameters = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            quality = parameters.strip().lower().removeprefix("q=").strip()
+            return quality not in ("0", "0.0", "0.00", "0.000")
+    return False
+
+
+def json_answer(data: object) -> str | bytes:
+    """`data` as the body of a JSON answer (and its content type set): compact, UTF-8, no NaN;
+    gzip-compressed when the client accepts it and the answer is worth it."""
+    response = bottle.response
+    response.content_type = "application/json; charset=utf-8"
+    response.set_header("Vary", "Accept-Encoding")
+    body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if len(body) < GZIP_MIN_BYTES or not accepts_gzip(bottle.request.environ):
+        return body
+    response.set_header("Content-Encoding", "gzip")
+    return gzip.compress(body.encode(), compresslevel=GZIP_LEVEL)
+
+
+def tag_answer(tag: str) -> None:
+    """Give the answer being made the entity tag `tag` (what it depends on, hashed) and have clients
+    ask again each time; when the request's If-None-Match already holds it, answer 304 now, before any
+    work. Weak: the same answer, gzipped or not."""
+    etag = f'W/"{tag}"'
+    headers = {"ETag": etag, "Cache-Control": TAGGED_CACHE_CONTROL, "Vary": "Accept-Encoding"}
+    asked = bottle.request.environ.get("HTTP_IF_NONE_MATCH", "")
+    opaque = f'"{tag}"'
+    if asked.strip() == "*" or opaque in (value.strip().removeprefix("W/") for value in asked.split(",")):
+        raise bottle.HTTPResponse(status=304, headers=headers)
+    for name, value in headers.items():
+        bottle.response.set_header(name, value)
 
 
 def error_body(status: int, message: str) -> dict:

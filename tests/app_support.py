@@ -67,10 +67,14 @@ class Answer:
         return json.loads(self.body.decode("utf-8"))
 
 
-def call(app, path: str = "/", query_string: str = "", method: str = "GET") -> Answer:
+def call(app, path: str = "/", query_string: str = "", method: str = "GET",
+         headers: dict[str, str] | None = None) -> Answer:
     """One request straight through the WSGI interface: any PATH_INFO and QUERY_STRING, as a server
-    would pass them (latin-1 decoded bytes), without a client's own checks or encoding in between."""
+    would pass them (latin-1 decoded bytes), without a client's own checks or decoding in between
+    (webtest, for one, un-gzips answers); `headers` as HTTP_* variables."""
     environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query_string}
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
     setup_testing_defaults(environ)
     started = {}
 

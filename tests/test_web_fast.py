@@ -3,10 +3,13 @@ Annoy files, the WSGI app called directly (webtest). `make test-fast` runs this 
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ import webtest
 
 from annoy_indexer import AnnoyIndexer
 from app import Collection, make_app
-from app_support import ODD_URN
+from app_support import ODD_URN, call
 from siamese import answers, backbones
 from siamese.params import ParameterError, parse_steps
 
@@ -196,3 +199,72 @@ print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+# ----------------------------------------------------------------------------- lean answers
+
+def test_a_repeated_request_is_a_304_until_the_answer_may_change(client, histogram_collection, tmp_path):
+    urn = histogram_collection.urns[3]
+    first = client.get("/api/neighbours", {"urn": urn, "step": "all,1"})
+    tag = first.headers["ETag"]
+    assert tag.startswith('W/"') and first.headers["Cache-Control"] == "no-cache"
+    again = client.get("/api/neighbours", {"urn": urn, "step": "all,1"}, headers={"If-None-Match": tag},
+                       status=304)
+    assert again.body == b"" and again.headers["ETag"] == tag
+    assert client.get("/api/neighbours", {"urn": urn, "step": "all,1"},  # the strong form matches too
+                      headers={"If-None-Match": tag.removeprefix("W/")}, status=304)
+    other = client.get("/api/neighbours", {"urn": urn, "step": "all,10"}, headers={"If-None-Match": tag})
+    assert other.status_int == 200 and other.headers["ETag"] != tag and other.json["steps"]["10"]
+    for path in ("/api/item", "/api/collection"):
+        params = {"urn": urn} if path == "/api/item" else {}
+        kept = client.get(path, params).headers["ETag"]
+        client.get(path, params, headers={"If-None-Match": f'W/"x", {kept}'}, status=304)
+    assert "ETag" not in client.get("/api/random").headers  # random answers are never the same
+
+    # rebuilt indices (here: other step sizes) or new thumbnails: the same request, another tag
+    from siamese.index_build import IndexConfig, build_indices
+    from siamese.vector_store import VectorStore
+
+    build_indices(VectorStore(histogram_collection.vector_dir), tmp_path / "indices",
+                  IndexConfig(step_sizes=(1,), index_dimensions=16), verbose=False)
+    thumbnails = shutil.copytree(histogram_collection.thumbnail_dir, tmp_path / "thumbs")
+    rebuilt = webtest.TestApp(make_app(Collection(histogram_collection.vector_dir, tmp_path / "indices",
+                                                  thumbnails)))
+    answer = rebuilt.get("/api/neighbours", {"urn": urn, "step": "all,1"}, headers={"If-None-Match": tag})
+    assert answer.status_int == 200 and answer.headers["ETag"] != tag
+    tag = answer.headers["ETag"]
+    rebuilt.get("/api/neighbours", {"urn": urn, "step": "all,1"}, headers={"If-None-Match": tag}, status=304)
+    (thumbnails / "new.jpg").write_bytes(b"")
+    after = rebuilt.get("/api/neighbours", {"urn": urn, "step": "all,1"}, headers={"If-None-Match": tag})
+    assert after.status_int == 200 and after.headers["ETag"] != tag
+
+
+def test_json_is_gzipped_for_clients_that_accept_it(client, histogram_collection):
+    app = client.app
+    query = urlencode({"urn": histogram_collection.urns[5], "step": "all,1", "nns": "10"})
+    plain = call(app, "/api/neighbours", query)
+    assert "content-encoding" not in plain.headers and plain.headers["vary"] == "Accept-Encoding"
+    packed = call(app, "/api/neighbours", query, headers={"Accept-Encoding": "br, gzip;q=0.8"})
+    assert packed.headers["content-encoding"] == "gzip" and packed.headers["vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed.body) == plain.body and len(packed.body) * 3 < len(plain.body)
+    assert packed.headers["etag"] == plain.headers["etag"]  # the same answer, only encoded
+    refused = call(app, "/api/neighbours", query, headers={"Accept-Encoding": "gzip;q=0, identity"})
+    assert "content-encoding" not in refused.headers and refused.body == plain.body
+    small = call(app, "/api/item", urlencode({"urn": histogram_collection.urns[5]}),
+                 headers={"Accept-Encoding": "gzip"})
+    assert len(small.body) < 1024 and "content-encoding" not in small.headers  # not worth it
+    assert client.get("/api/neighbours", {"urn": histogram_collection.urns[5], "step": "all,1"},
+                      headers={"Accept-Encoding": "gzip"}).json["steps"]["1"]  # webtest un-gzips it
+
+
+def test_thumbnail_urls_carry_their_version_and_are_kept_for_good(client, histogram_collection):
+    urn = histogram_collection.urns[2]
+    answer = client.get("/api/neighbours", {"urn": urn}).json
+    url = answer["thumbnail"]
+    assert "&v=" in url and all("&v=" in n["thumbnail"] for n in answer["steps"]["all"][0]["neighbours"])
+    url = url if url.startswith("/") else "/" + url
+    fresh = client.get(url)
+    assert fresh.content_type == "image/jpeg" and fresh.headers["Cache-Control"] == \
+        "public, max-age=31536000, immutable"
+    stale = client.get(url.split("&v=")[0] + "&v=0")  # an older version: kept a day only
+    assert stale.body == fresh.body and stale.headers["Cache-Control"] == "public, max-age=86400"
