@@ -9,7 +9,8 @@ in --data (vectors/, indices-eucl/, thumbnails/), unless --url names a server al
 ask GET /api/neighbours?urn=U&nns=N[&step=S] for urns drawn at random from the collection, until
 --requests have been answered or --duration seconds have passed, whichever comes first (one run per
 --step; "all" is the whole collection). Prints a Markdown table: requests/s, latency percentiles and
-the count of errors (any status but 200, or a broken connection).
+the count of errors (any status but 200, or a broken connection); then, for 50 urns per step, the
+median answer size as JSON and gzipped, and how many repeated requests (with the ETag) got a 304.
 
 The clients run in this process and the server in another, on the same machine: on 2 cores they
 compete for the CPU, so the figures are a lower bound of what a server with its own machine does.
@@ -151,6 +152,44 @@ def run(url: str, urns: list[str], clients: int, requests: int, duration: float,
             "first_errors": load.errors[:3]}
 
 
+def answer_sizes(url: str, urns: list[str], nns: int, steps: list[str | None], sample: int = 50
+                 ) -> list[dict]:
+    """Per step: the median bytes of an answer as JSON and gzipped (Accept-Encoding: gzip), and the
+    share of repeated requests (If-None-Match: the ETag just received) answered 304 with no body."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    rows = []
+    for step in steps:
+        plain, packed, unchanged = [], [], 0
+        for urn in random.Random(7).sample(urns, min(sample, len(urns))):
+            query = {"urn": urn, "nns": nns, **({} if step is None else {"step": step})}
+            path = f"{parts.path or '/'}api/neighbours?{urlencode(query)}"
+            sizes = []
+            for headers in ({}, {"Accept-Encoding": "gzip"}):
+                connection.request("GET", path, headers=headers)
+                response = connection.getresponse()
+                sizes.append(len(response.read()))
+                etag = response.getheader("ETag")
+            plain.append(sizes[0])
+            packed.append(sizes[1])
+            connection.request("GET", path, headers={"If-None-Match": etag or ""})
+            response = connection.getresponse()
+            unchanged += response.status == 304 and response.read() == b""
+        rows.append({"step": "all" if step is None else step, "plain": float(np.median(plain)),
+                     "gzip": float(np.median(packed)), "not_modified": unchanged / len(plain)})
+    connection.close()
+    return rows
+
+
+def sizes_table(rows: list[dict]) -> str:
+    lines = ["| step | answer bytes (JSON) | gzipped | ratio | repeated requests answered 304 |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        lines.append(f"| {row['step']} | {row['plain']:,.0f} | {row['gzip']:,.0f} | "
+                     f"{row['plain'] / max(row['gzip'], 1):.1f}x | {row['not_modified']:.0%} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| step | nns | clients | requests | errors | seconds | requests/s | p50 ms | p90 ms | p99 ms "
              "| max ms |",
@@ -200,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 if row["first_errors"]:
                     print(f"errors with step {row['step']}: {row['first_errors']}", file=sys.stderr)
+            sizes = answer_sizes(url, urns, args.nns, steps)
         finally:
             if process is not None:
                 process.terminate()
@@ -207,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(urns)} images, {os.cpu_count()} CPU cores, server threads: "
           f"{args.threads if process else 'as running'}")
     print(table(rows))
+    print()
+    print(sizes_table(sizes))
     if args.json:
         print(json.dumps(rows, indent=1))
     return 1 if any(row["errors"] for row in rows) else 0
