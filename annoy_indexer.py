@@ -51,6 +51,7 @@ from siamese.index_build import (
 from siamese.index_dir import WHOLE, built_step_sizes, read_manifest
 from siamese.index_dir import verify as verify_indices
 from siamese.projection import METRICS, exact_distances
+from siamese.reprints import MAX_CANDIDATES
 from siamese.search import SearchSettings
 from siamese.vector_store import StoreError, VectorStore
 
@@ -82,6 +83,9 @@ class AnnoyIndexer:
         better, docs/quality.md), or 'raw', the stored vectors as they are; None: the index directory's
         setting, or 'whitened' for a new one. The stored vectors never change either way.
     descriptor_dimensions : dimensions the whitening keeps; None: the directory's, or 256.
+    thumbnail_dir, images_root : the collection's thumbnails (make_thumbnails.py), or the folder its
+        image paths are relative to: what query_all(..., reprints=K) checks reprints on (the originals
+        when images_root is given).
 
     An index directory holds one configuration (metric, model, n_dimensions, descriptor,
     descriptor_dimensions, index_dimensions, n_trees); asking for another is a ValueError unless
@@ -94,9 +98,13 @@ class AnnoyIndexer:
                  step_sizes: Iterable[int] = (10, 1), n_trees: int | None = None,
                  search_k: int | None = None, index_dimensions: int | None = None, n_jobs: int = -1,
                  verbose: bool = True, search_settings: SearchSettings | None = None,
-                 descriptor: str | None = None, descriptor_dimensions: int | None = None) -> None:
+                 descriptor: str | None = None, descriptor_dimensions: int | None = None,
+                 thumbnail_dir: str | os.PathLike | None = None,
+                 images_root: str | os.PathLike | None = None) -> None:
         self.vector_dir = Path(vector_dir)
         self.index_dir = Path(index_dir)
+        self.thumbnail_dir = None if thumbnail_dir is None else Path(thumbnail_dir)
+        self.images_root = None if images_root is None else Path(images_root)
         self._config = IndexConfig(metric, step_sizes_of(step_sizes), n_trees, index_dimensions,
                                    descriptor, descriptor_dimensions)
         self.search_k = None if search_k is None else positive_int(search_k, "search_k")
@@ -191,9 +199,10 @@ class AnnoyIndexer:
             return collection
         with self._load_lock:
             if self._collection is None:
-                self._collection = Collection(self.vector_dir, self.index_dir, None, self.verbose,
-                                              config=self._config, settings=self.search_settings,
-                                              n_jobs=self.n_jobs)
+                self._collection = Collection(self.vector_dir, self.index_dir, self.thumbnail_dir,
+                                              self.verbose, config=self._config,
+                                              settings=self.search_settings, n_jobs=self.n_jobs,
+                                              images_root=self.images_root)
             return self._collection
 
     # ---------------------------------------------------------------- querying
@@ -217,7 +226,8 @@ class AnnoyIndexer:
         return periods[0]["neighbours"] if step is None else periods
 
     def query_all(self, urn: str, n_nns: int | Sequence[int] = (5,), vectors: bool = False, *,
-                  step_sizes: int | Sequence[int] | None = None, exclude_self: bool = True) -> dict:
+                  step_sizes: int | Sequence[int] | None = None, exclude_self: bool = True,
+                  reprints: int = 0) -> dict:
         """For every step size, the nearest neighbours of `urn` within every period (JSON-serialisable).
 
         `n_nns`: one n per step size in `step_sizes` order, or a single n for all of them. Returns
@@ -231,15 +241,28 @@ class AnnoyIndexer:
         the indexer does not have is a ValueError (the original answered {}). `exclude_self=False` keeps
         the query itself, as a neighbour at its own distance, in its own period (the original's default;
         ours leaves it out, since an image is trivially most similar to itself).
+
+        `reprints`: check the `reprints` nearest images for being the same printed image as `urn`
+        (another scan, a reprint; siamese/reprints.py), on the thumbnails (`thumbnail_dir`) or the
+        originals (`images_root`) given to the indexer: verified ones come first in their periods and
+        are marked "reprint": true with their "inliers", each period counts its "reprints", and the
+        result says what was checked under "reprints". ValueError when the indexer has no images.
         """
         steps = self.step_sizes
         if step_sizes is not None and (isinstance(step_sizes, Integral) or list(step_sizes)):
             steps = [self._check_step(step) for step in
                      ([step_sizes] if isinstance(step_sizes, Integral) else list(dict.fromkeys(step_sizes)))]
         n_per_step = self._n_per_step(n_nns, steps)
+        if isinstance(reprints, bool) or not isinstance(reprints, Integral) or \
+                not 0 <= reprints <= MAX_CANDIDATES:
+            raise ValueError(f"reprints must be a whole number from 0 to {MAX_CANDIDATES}, got {reprints!r}")
         collection = self.collection()
         result = collection.item(urn, vectors)
-        result["steps"] = collection.periods(urn, n_per_step, vectors, include_self=not exclude_self)
+        if reprints:
+            result["steps"], result["reprints"] = collection.periods_with_reprints(
+                urn, n_per_step, int(reprints), vectors, include_self=not exclude_self)
+        else:
+            result["steps"] = collection.periods(urn, n_per_step, vectors, include_self=not exclude_self)
         return result
 
     def _n_per_step(self, n_nns: int | Sequence[int], steps: Sequence[int]) -> dict[int | None, int]:

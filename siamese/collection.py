@@ -196,18 +196,28 @@ class Collection:
         (also where a period's own search did not reach them), checked neighbours say "reprint" and
         "inliers", every period "reprints" (its count), and "reprints" says what was checked. A vector
         query needs `query_image` (an upload); ReprintsUnavailable when the collection has no images to
-        check on or a vector comes without its image. When the query's own image cannot be read, the search is
-        answered all the same and "reprints" has a "note" saying so.
+        check on or a vector comes without its image. When the query's own image cannot be read, the
+        search is answered all the same and "reprints" has a "note" saying so.
         """
         answer = self.item(query, vectors) if isinstance(query, str) else {"urn": None, "metadata": {}}
         answer.update(nns=nns, step=steps[0] if len(steps) == 1 else list(steps))
         if reprints <= 0:
             answer["steps"] = self.periods(query, dict.fromkeys(steps, nns), vectors)
             return answer
+        answer["steps"], answer["reprints"] = self.periods_with_reprints(
+            query, dict.fromkeys(steps, nns), reprints, vectors, query_image=query_image)
+        return answer
+
+    def periods_with_reprints(self, query: str | Sequence[float] | np.ndarray, plan: dict[int | None, int],
+                              reprints: int, vectors: bool = False, include_self: bool = False,
+                              query_image: Image.Image | None = None) -> tuple[dict[str, list[dict]], dict]:
+        """periods(), with the `reprints` nearest images checked as neighbours() says; and what was
+        checked ({"checked", "found", "images", ...})."""
         query_features = self._query_features(query, query_image)
-        plan = {step_key(step): nns for step in steps}
+        keys = {step_key(step): n for step, n in plan.items()}
         depth = max(reprints, min(MAX_CANDIDATES, LOOK_DEEPER * reprints))
-        hits = self.core.search(self._query(query), {**plan, WHOLE: max(plan.get(WHOLE, 0), depth)})
+        hits = self.core.search(self._query(query), {**keys, WHOLE: max(keys.get(WHOLE, 0), depth)},
+                                include_self)
         candidates = hits[WHOLE][0]
         candidates = PeriodHits(candidates.period, candidates.rows[:depth], candidates.distances[:depth])
         if query_features is None:  # the search is answered all the same, saying why nothing was checked
@@ -217,12 +227,9 @@ class Collection:
         else:
             verification = verify(query_features, candidates.rows.tolist(), self._candidate_features,
                                   self.require_reprint_images(), batch=reprints)
-        years = self._years
-        promoted = {key: promote_reprints(hits[key], candidates, verification, years, n)
-                    for key, n in plan.items()}
-        answer["reprints"] = verification.summary()
-        answer["steps"] = answers.periods_answer(self.store, promoted, vectors, verification)
-        return answer
+        promoted = {key: promote_reprints(hits[key], candidates, verification, self._years, n)
+                    for key, n in keys.items()}
+        return answers.periods_answer(self.store, promoted, vectors, verification), verification.summary()
 
     # ---------------------------------------------------------------- reprints
 
@@ -237,7 +244,8 @@ class Collection:
         """reprint_images, or ReprintsUnavailable saying how to give the collection images."""
         if self.reprint_images is None:
             raise ReprintsUnavailable("reprints cannot be checked: this collection has neither thumbnails "
-                                      "nor its images (app.py --thumbnails DIR or --images-root DIR)")
+                                      "nor its images (app.py --thumbnails DIR or --images-root DIR; "
+                                      "AnnoyIndexer(thumbnail_dir=... or images_root=...))")
         return self.reprint_images
 
     def reprint_image(self, urn: str) -> Image.Image | None:

@@ -138,3 +138,24 @@ def test_the_api_checks_reprints_of_urns_and_uploads_and_refuses_what_it_cannot(
                       upload_files=[("image", "scan.png", buffer.getvalue(), "image/png")], status=400).json
     assert "--images-root" in error["error"]
     assert bare.get("/api/neighbours", {"urn": "ad:1"}).json["steps"]["all"][0]["neighbours"]
+
+
+def test_notebooks_ask_for_reprints_through_query_all(ad_collection):
+    from annoy_indexer import AnnoyIndexer
+
+    indexer = AnnoyIndexer(ad_collection / "vectors", ad_collection / "indices", step_sizes=[10],
+                           verbose=False, descriptor="raw", index_dimensions=8,
+                           thumbnail_dir=ad_collection / "thumbs")
+    result = indexer.query_all("ad:1", [2], reprints=10)
+    assert result["reprints"]["found"] == 1 and result["reprints"]["images"] == "thumbnails"
+    sixties = {period["period"]: period for period in result["steps"]["10"]}["1960-1969"]
+    assert sixties["reprints"] == 1 and sixties["neighbours"][0]["urn"] == "copy:1"
+    assert sixties["neighbours"][0]["reprint"] is True
+    assert "reprints" not in indexer.query_all("ad:1", [2])  # as the original answered
+    for bad in (-1, 101, 2.5, True):
+        with pytest.raises(ValueError, match="reprints must be a whole number from 0 to 100"):
+            indexer.query_all("ad:1", [2], reprints=bad)
+    bare = AnnoyIndexer(ad_collection / "vectors", ad_collection / "indices", step_sizes=[10],
+                        verbose=False, descriptor="raw", index_dimensions=8)
+    with pytest.raises(ValueError, match="--thumbnails"):
+        bare.query_all("ad:1", [2], reprints=10)
