@@ -256,8 +256,10 @@
         svg("rect", { x: x, y: height - bottom - barHeight, width: barWidth, height: barHeight, rx: 2 }),
       ]);
       if (period.reprints) {  // a mark above the bar: the same image was printed in this period
-        link.append(svg("circle", { cx: x + barWidth / 2, cy: Math.max(5, height - bottom - barHeight - 16),
-                                    r: 4, class: "reprint-mark" }));
+        const inside = barHeight >= 18;  // inside the bar's top, clear of the value above it
+        link.append(svg("circle", { cx: x + barWidth / 2,
+                                    cy: inside ? height - bottom - barHeight + 8 : height - bottom - barHeight - 18,
+                                    r: 4.5, class: "reprint-mark" }));
       }
       if (showValues) {
         link.append(svg("text", { x: x + barWidth / 2, y: height - bottom - barHeight - 5, class: "value" },

@@ -20,12 +20,14 @@ from annoy_indexer import AnnoyIndexer, read_manifest
 from app import MAX_NNS, Collection, CollectionError, make_app
 from app_support import ODD_YEAR, call
 from siamese.index_dir import read_transform
+from siamese.thumbnails import Thumbnails
 from siamese.vector_store import VectorStore
 
 
 @pytest.fixture(scope="module")
 def collection(app_collection) -> Collection:
     NO_THUMBNAIL.add(app_collection.no_thumbnail_urn)
+    THUMBNAILS[:] = [Thumbnails(app_collection.thumbnail_dir)]
     return Collection(app_collection.vector_dir, app_collection.index_dir, app_collection.thumbnail_dir)
 
 
@@ -62,10 +64,14 @@ def whole(body: dict) -> list[dict]:
 
 
 NO_THUMBNAIL: set[str] = set()  # filled by the collection fixture
+THUMBNAILS: list[Thumbnails] = []  # likewise
 
 
 def thumbnail_url(urn: str) -> str | None:
-    return None if urn in NO_THUMBNAIL else "/thumbnail?" + urlencode({"urn": urn})
+    """The URL the answers give: the file's version (v=) lets browsers keep it for good."""
+    if urn in NO_THUMBNAIL:
+        return None
+    return "/thumbnail?" + urlencode({"urn": urn, "v": THUMBNAILS[0].version(urn)})
 
 
 # ----------------------------------------------------------------------------- /api/neighbours
