@@ -44,6 +44,7 @@ import errno
 import functools
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -331,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: all)")
     parser.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
-    parser.add_argument("--threads", type=int, default=8, help="request threads (default: 8)")
+    parser.add_argument("--threads", type=int, default=8, help="request threads (default: 8, per worker)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="server processes sharing the port, the collection opened once before they "
+                             "are forked (default: the number of cores, here %(default)s); 1: one "
+                             "process, as before")
     parser.add_argument("--debug", action="store_true",
                         help="Bottle's single-threaded development server, tracebacks in 500 answers")
     args = parser.parse_args(argv)
@@ -339,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--port must be from 0 to 65535")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     if args.images_root is not None and not Path(args.images_root).is_dir():
         parser.error(f"--images-root: no such folder: {args.images_root}")
     if args.thumbnails is None or not Path(args.thumbnails).is_dir():
@@ -368,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         announce(args.host, args.port)
         bottle.run(app, host=args.host, port=args.port, debug=True)
+    elif args.workers > 1:
+        # forked after the collection is open: the workers share its memory-mapped files
+        return serving.serve_workers(app, args.host, args.port, args.threads, args.workers,
+                                     on_listening=announce)
     else:
         # waitress, set up in siamese/serving.py: poll(), connection limits and timeouts, request sizes
         # refused before they are read, its own errors in JSON, malloc arenas bounded.

@@ -1,7 +1,8 @@
 """How many searches a second does the web app answer, and how fast, with many people at once?
 
     python bench/serve_load.py [--data data/demo] [--clients 16] [--requests 3000] [--duration 60]
-                               [--nns 10] [--step S ...] [--threads 8] [--url http://127.0.0.1:PORT/]
+                               [--nns 10] [--step S ...] [--threads 8] [--workers 1]
+                               [--url http://127.0.0.1:PORT/]
 
 Starts `app.py` (waitress, --threads request threads) on a free port of 127.0.0.1 over the collection
 in --data (vectors/, indices-eucl/, thumbnails/), unless --url names a server already running; only
@@ -50,13 +51,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(data: Path, threads: int, log: IO[str]) -> tuple[subprocess.Popen, str]:
+def start_server(data: Path, threads: int, log: IO[str], workers: int = 1) -> tuple[subprocess.Popen, str]:
     """app.py on a free local port, its output to `log` (a file: a pipe nobody reads would fill up and
     block the server); returns the process and its base URL once it answers."""
     port = free_port()
     command = [sys.executable, str(ROOT / "app.py"), "--vector-dir", str(data / "vectors"),
                "--index-dir", str(data / "indices-eucl"), "--thumbnails", str(data / "thumbnails"),
-               "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads)]
+               "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
+               "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=log, stderr=log)
     wait_until_answering(process, port, log)
     return process, f"http://127.0.0.1:{port}/"
@@ -217,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                              "asks (all,1: the whole collection and the years in one answer); one run "
                              "each (default: all)")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads of the server started")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes of the server started (app.py --workers; default: 1)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1 or not 0 < args.duration <= 600:
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryFile("w+") as log:
         if url is None:
-            process, url = start_server(args.data, args.threads, log)
+            process, url = start_server(args.data, args.threads, log, args.workers)
         try:
             for step in steps:
                 row = run(url, urns, args.clients, args.requests, args.duration, args.nns, step)
@@ -244,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
-    print(f"{len(urns)} images, {os.cpu_count()} CPU cores, server threads: "
-          f"{args.threads if process else 'as running'}")
+    print(f"{len(urns)} images, {os.cpu_count()} CPU cores, server: "
+          f"{f'{args.workers} worker(s) x {args.threads} threads' if process else 'as running'}")
     print(table(rows))
     print()
     print(sizes_table(sizes))

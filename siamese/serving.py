@@ -175,13 +175,17 @@ class JsonErrorChannel(HTTPChannel):
 
 # ------------------------------------------------------------------------------------ the server
 
-def create_server(app: Callable, host: str, port: int, threads: int, **adjustments: object) -> object:
+def create_server(app: Callable, host: str | None, port: int | None, threads: int,
+                  **adjustments: object) -> object:
     """A waitress server for `app`, bound to host:port (port 0: a free one, its `effective_port`) and not
     yet running (its run() serves until interrupted): SETTINGS, connection_limit(), JSON error answers.
-    `adjustments`: more waitress settings, or other values for these."""
+    `adjustments`: more waitress settings, or other values for these; with `sockets` (already bound and
+    listening, as a forked worker inherits them), host and port are None."""
     settings = {**SETTINGS, "connection_limit": connection_limit(), **adjustments}
+    if host is not None:
+        settings.update(host=host, port=port)
     socket_map: dict = {}
-    server = waitress_server(app, map=socket_map, host=host, port=port, threads=threads, **settings)
+    server = waitress_server(app, map=socket_map, threads=threads, **settings)
     # One server per address (a host name can be IPv4 and IPv6): each makes its connections.
     for dispatcher in list(socket_map.values()):
         if isinstance(dispatcher, BaseWSGIServer):
@@ -195,11 +199,8 @@ def listening_on(server: object) -> list[tuple[str, int]]:
     return list(listen) if listen else [(server.effective_host, server.effective_port)]
 
 
-def serve(app: Callable, host: str, port: int, threads: int, *, ident: str = "siamese",
-          on_listening: Callable[[str, int], None] | None = None, **adjustments: object) -> None:
-    """Serve `app` with waitress until interrupted: the process settings first (malloc arenas, the
-    open-file limit), then create_server(). `on_listening(host, port)`: called once listening, with the
-    port bound (the one chosen when `port` is 0)."""
+def _process_settings() -> None:
+    """Malloc arenas, the open-file limit, waitress's logging: what a serving process needs first."""
     bound_allocator_arenas()
     raise_open_file_limit()
     logging.basicConfig()  # waitress's errors go to stderr (as waitress.serve does); idempotent
@@ -207,6 +208,38 @@ def serve(app: Callable, host: str, port: int, threads: int, *, ident: str = "si
     # N"): under load that is a line per request, which floods the log and, if stderr is a pipe
     # nobody drains, blocks the server. Queueing is normal; errors are still logged.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+
+
+def serve_workers(app: Callable, host: str, port: int, threads: int, workers: int, *,
+                  ident: str = "siamese", on_listening: Callable[[str, int], None] | None = None,
+                  **adjustments: object) -> int:
+    """Serve `app` from `workers` forked processes sharing one socket (siamese/workers.py), each a
+    waitress server as serve() makes it, until SIGTERM / SIGINT; the exit status to end with.
+    OSError when host:port cannot be bound."""
+    from siamese import workers as forking
+
+    _process_settings()
+    listener = forking.bind(host, port)
+    bound_host, bound_port = listener.getsockname()[:2]
+
+    def run_child() -> None:
+        server = create_server(app, None, None, threads, ident=ident, sockets=[listener], **adjustments)
+        server.run()
+
+    if on_listening is not None:
+        on_listening(host if host not in ("", "0.0.0.0", "::") else bound_host, bound_port)
+    try:
+        return forking.serve_forked(run_child, workers)
+    finally:
+        listener.close()
+
+
+def serve(app: Callable, host: str, port: int, threads: int, *, ident: str = "siamese",
+          on_listening: Callable[[str, int], None] | None = None, **adjustments: object) -> None:
+    """Serve `app` with waitress until interrupted: the process settings first (malloc arenas, the
+    open-file limit), then create_server(). `on_listening(host, port)`: called once listening, with the
+    port bound (the one chosen when `port` is 0)."""
+    _process_settings()
     server = create_server(app, host, port, threads, ident=ident, **adjustments)
     limit = server.adj.connection_limit
     if limit < CONNECTION_LIMIT and "connection_limit" not in adjustments:

@@ -128,7 +128,8 @@ def app_server(built: Built, directory: Path, *, soft_open_files: int | None = N
     main() (WITH_DESCRIPTORS)."""
     port = free_port()
     arguments = ["--vector-dir", str(built.vector_dir), "--index-dir", str(built.index_dir),
-                 "--thumbnails", str(built.thumbnail_dir), "--port", str(port), "--threads", "8"]
+                 "--thumbnails", str(built.thumbnail_dir), "--port", str(port), "--threads", "8",
+                 "--workers", "1"]  # one process: its descriptors and memory are the server's
     command = ([sys.executable, "-c", WITH_DESCRIPTORS, str(extra_descriptors), *arguments]
                if extra_descriptors else [sys.executable, "app.py", *arguments])
     temporary = directory / "server-tmp"

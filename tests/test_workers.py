@@ -1,0 +1,163 @@
+"""app.py --workers 2: real forked server processes on one port, over the colour-histogram collection.
+
+They answer exactly as one process does; a killed worker is replaced while the other keeps answering;
+SIGTERM stops the parent and every worker."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+import webtest
+
+from app import Collection, make_app
+
+ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 120
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def children_of(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def wait_for(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {seconds} s")
+        time.sleep(0.1)
+
+
+@contextmanager
+def workers_server(collection, directory: Path, workers: int = 2):
+    port = free_port()
+    log = directory / f"server-{port}.log"
+    command = [sys.executable, "app.py", "--vector-dir", str(collection.vector_dir), "--index-dir",
+               str(collection.index_dir), "--thumbnails", str(collection.thumbnail_dir), "--port", str(port),
+               "--threads", "4", "--workers", str(workers)]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
+    try:
+        def answering() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited ({process.returncode}): {log.read_text()[-2000:]}")
+            try:
+                return get(port, "/api/collection", timeout=5)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(answering, START_TIMEOUT, "the server did not answer")
+        wait_for(lambda: len(children_of(process.pid)) == workers, 30, f"{workers} workers did not start")
+        yield process, port, log
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+def test_two_workers_answer_exactly_as_one_process_does(histogram_collection, tmp_path):
+    one = webtest.TestApp(make_app(Collection(histogram_collection.vector_dir, histogram_collection.index_dir,
+                                              histogram_collection.thumbnail_dir)))
+    paths = [f"/api/neighbours?{urlencode({'urn': urn, 'step': step, 'nns': 5})}"
+             for urn in histogram_collection.urns[::6] for step in ("all", "all,10,1")]
+    paths += [f"/api/item?{urlencode({'urn': histogram_collection.urns[1]})}", "/api/collection",
+              "/api/neighbours?urn=nobody", "/api/neighbours?nns=abc"]
+    with workers_server(histogram_collection, tmp_path) as (process, port, _):
+        for path in paths * 2:  # each path more than once: both workers answer some of them
+            status, body = get(port, path)
+            expected = one.get(path, expect_errors=True)
+            assert (status, body) == (expected.status_int, expected.body), path
+
+
+def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(histogram_collection, tmp_path):
+    path = f"/api/neighbours?{urlencode({'urn': histogram_collection.urns[3], 'step': 'all,1'})}"
+    with workers_server(histogram_collection, tmp_path) as (process, port, log):
+        workers = children_of(process.pid)
+        outcomes: list[int | str] = []
+        done = threading.Event()
+
+        def ask() -> None:
+            while not done.is_set():
+                try:
+                    outcomes.append(get(port, path)[0])
+                except OSError as error:  # a request the killed worker held
+                    outcomes.append(type(error).__name__)
+
+        client = threading.Thread(target=ask)
+        client.start()
+        try:
+            wait_for(lambda: len(outcomes) >= 20, 30, "20 answers did not come")
+            victim = min(workers)
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: victim not in children_of(process.pid) and len(children_of(process.pid)) == 2,
+                     30, "the killed worker was not replaced")
+            before = len(outcomes)
+            wait_for(lambda: len(outcomes) >= before + 50, 60, "50 more answers did not come")
+        finally:
+            done.set()
+            client.join(timeout=30)
+        assert process.poll() is None
+        replaced = children_of(process.pid)
+        assert len(replaced) == 2 and victim not in replaced and replaced & workers  # the other one stayed
+        failures = [outcome for outcome in outcomes if outcome != 200]
+        assert len(failures) <= 1, failures  # at most the one request the killed worker was answering
+        assert outcomes[-50:] == [200] * 50
+        assert f"worker {victim} exited (signal 9); starting another" in log.read_text()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_the_parent_and_every_worker(histogram_collection, tmp_path):
+    with workers_server(histogram_collection, tmp_path) as (process, port, _):
+        workers = children_of(process.pid)
+        assert all(alive(pid) for pid in workers)
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+    wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the workers did not stop")
+    with pytest.raises(OSError):
+        get(port, "/api/collection", timeout=2)
