@@ -4,14 +4,15 @@
                                [--nns 10] [--step S ...] [--threads 8] [--workers 1]
                                [--url http://127.0.0.1:PORT/]
 
-Starts `app.py` (waitress, --threads request threads) on a free port of 127.0.0.1 over the collection
-in --data (vectors/, indices-eucl/, thumbnails/), unless --url names a server already running; only
-127.0.0.1 / localhost are accepted. Then --clients threads, each with its own keep-alive connection,
-ask GET /api/neighbours?urn=U&nns=N[&step=S] for urns drawn at random from the collection, until
---requests have been answered or --duration seconds have passed, whichever comes first (one run per
---step; "all" is the whole collection). Prints a Markdown table: requests/s, latency percentiles and
-the count of errors (any status but 200, or a broken connection); then, for 50 urns per step, the
-median answer size as JSON and gzipped, and how many repeated requests (with the ETag) got a 304.
+Starts `app.py` (--workers processes of --threads request threads) on a free port of 127.0.0.1 over
+the collection in --data (vectors/, indices-eucl/ or indices/, thumbnails/), unless --url names a server
+already running; only 127.0.0.1 / localhost are accepted. Then --clients threads, each with its own
+keep-alive connection, ask GET /api/neighbours?urn=U&nns=N[&step=S] for urns drawn at random from the
+collection, until --requests have been answered or --duration seconds have passed, whichever comes
+first (one run per --step; "all" is the whole collection). Prints a Markdown table: requests/s,
+latency percentiles and the count of errors (any status but 200, or a broken connection); then, for
+50 urns per step, the median answer size as JSON and gzipped, and how many repeated requests (with
+the ETag) got a 304.
 
 The clients run in this process and the server in another, on the same machine: on 2 cores they
 compete for the CPU, so the figures are a lower bound of what a server with its own machine does.
@@ -51,12 +52,40 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+FULL_SCALE_THUMBNAILS = 2000
+
+
+def collection_dirs(data: Path) -> tuple[Path, Path, Path]:
+    """(vectors, indices, thumbnails) of a collection folder: the demo's layout (indices-eucl/), or
+    bench/index_scale.py's work directory (indices/)."""
+    indices = data / "indices-eucl" if (data / "indices-eucl").is_dir() else data / "indices"
+    return data / "vectors", indices, data / "thumbnails"
+
+
+def sample_thumbnails(data: Path, urns: list[str], count: int = FULL_SCALE_THUMBNAILS) -> None:
+    """Thumbnails for `count` urns drawn at random (a synthetic collection has no images): small JPEGs
+    named as make_thumbnails.py names them, so that answers carry thumbnail URLs as a real one does."""
+    from PIL import Image
+
+    from siamese.thumbnails import thumbnail_filename
+
+    folder = data / "thumbnails"
+    if folder.is_dir() and any(folder.iterdir()):
+        return
+    folder.mkdir(exist_ok=True)
+    rng = random.Random(3)
+    for urn in rng.sample(urns, min(count, len(urns))):
+        shade = tuple(rng.randrange(256) for _ in range(3))
+        Image.new("RGB", (64, 48), shade).save(folder / thumbnail_filename(urn), quality=85)
+
+
 def start_server(data: Path, threads: int, log: IO[str], workers: int = 1) -> tuple[subprocess.Popen, str]:
     """app.py on a free local port, its output to `log` (a file: a pipe nobody reads would fill up and
     block the server); returns the process and its base URL once it answers."""
     port = free_port()
-    command = [sys.executable, str(ROOT / "app.py"), "--vector-dir", str(data / "vectors"),
-               "--index-dir", str(data / "indices-eucl"), "--thumbnails", str(data / "thumbnails"),
+    vectors, indices, thumbnails = collection_dirs(data)
+    command = [sys.executable, str(ROOT / "app.py"), "--vector-dir", str(vectors),
+               "--index-dir", str(indices), "--thumbnails", str(thumbnails),
                "--host", "127.0.0.1", "--port", str(port), "--threads", str(threads),
                "--workers", str(workers)]
     process = subprocess.Popen(command, stdout=log, stderr=log)
@@ -206,8 +235,10 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="serve_load.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo",
-                        help="collection folder with vectors/, indices-eucl/, thumbnails/ "
-                             "(default: data/demo)")
+                        help="collection folder with vectors/, indices-eucl/ (or indices/), thumbnails/ "
+                             "(default: data/demo). Full scale: the work directory of "
+                             "`bench/index_scale.py --work-dir DIR --keep` (426,777 synthetic vectors); "
+                             f"thumbnails are made for {FULL_SCALE_THUMBNAILS:,} of its urns")
     parser.add_argument("--url", help="a running server on this machine (default: start app.py)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default: 16)")
     parser.add_argument("--requests", type=int, default=3000,
@@ -230,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     steps = [None if step == "all" else step for step in args.step]
     if args.url and urlsplit(args.url).hostname not in LOCAL_HOSTS:
         parser.error("--url must be a server on this machine (127.0.0.1 or localhost)")
-    urns = VectorStore(args.data / "vectors").urns
+    urns = VectorStore(collection_dirs(args.data)[0]).urns
+    if args.url is None:
+        sample_thumbnails(args.data, urns)
     process = None
     url = args.url
     rows = []
