@@ -56,7 +56,7 @@ from siamese import serving, upload
 from siamese.assets import asset_dir
 from siamese.backbones import Embedder
 from siamese.cli import Parser
-from siamese.collection import Collection, CollectionError, ReprintsUnavailable
+from siamese.collection import Collection, CollectionError, LiveCollection, ReprintsUnavailable
 from siamese.original_api import add_original_routes
 from siamese.params import (
     DEFAULT_NNS,
@@ -148,15 +148,27 @@ def render_page(collection: Collection) -> str:
                            version=_static_version())
 
 
-def make_app(collection: Collection, debug: bool = False, embedder: Embedder | None = None) -> bottle.Bottle:
-    """The WSGI application over one collection (tests build it over a small real one).
+def make_app(collection: Collection | LiveCollection, debug: bool = False,
+             embedder: Embedder | None = None) -> bottle.Bottle:
+    """The WSGI application over one collection (tests build it over a small real one); a
+    LiveCollection (what `main` serves) is replaced whole when its indices are rebuilt.
 
     To serve it from several threads with another WSGI server than `main`'s, call
     serve_requests_in_parallel() first (siamese.serving.serve is how `main` runs waitress). Every answer
     carries the security headers of siamese/web.py (App), JSON ones Cache-Control: no-store.
     """
     app = App(catchall=True)  # every answer with the security headers (siamese/web.py)
-    page = render_page(collection)
+    live = collection if isinstance(collection, LiveCollection) else LiveCollection(collection, None)
+    pages: dict = {}
+
+    def now() -> Collection:
+        """The collection this request is answered from: taken once, on first use, and kept for the
+        request, so that an answer never mixes indices from before and after a rebuild."""
+        environ = bottle.request.environ
+        served = environ.get("siamese.collection")
+        if served is None:
+            served = environ["siamese.collection"] = live.current()
+        return served
 
     def route(path: str) -> Callable[[Callable], Callable]:
         """A GET route whose ParameterErrors become 400s carrying their message."""
@@ -175,13 +187,16 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         # The page reads urn and step itself and reports bad ones; other parameters (a link tracker's
         # utm_source, ...) are no reason to refuse a researcher the page.
         bottle.response.content_type = "text/html; charset=utf-8"
-        return page
+        collection = now()
+        if pages.get("for") is not collection:  # rendered once per collection served
+            pages.update({"for": collection, "page": render_page(collection)})
+        return pages["page"]
 
     def thumbnail_url(urn: str, prefix: str) -> str | None:
         """Where the page (or any client) gets the urn's thumbnail; None when there is none. `prefix`:
         where the app is mounted (the request's SCRIPT_NAME), so that the URL works behind a proxy.
         The URL carries the file's version (v=), so that browsers may keep it for good."""
-        version = collection.thumbnails.version(urn)
+        version = now().thumbnails.version(urn)
         if version is None:
             return None
         return f"{prefix}thumbnail?{_thumbnail_query(urn)}&v={version}"
@@ -193,7 +208,7 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         fingerprint), which thumbnails exist, and the code: its entity tag hashes them (a rebuilt
         index, new thumbnails or another server version change it); 304 when the client has it."""
         environ = bottle.request.environ
-        what = "\n".join((collection.core.fingerprint, collection.thumbnails.state(), code_version,
+        what = "\n".join((now().core.fingerprint, now().thumbnails.state(), code_version,
                           environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
         tag_answer(hashlib.sha1(what.encode("utf-8", "surrogateescape")).hexdigest()[:24])
 
@@ -211,7 +226,7 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         return result
 
     def known(urn: str) -> str:
-        if urn not in collection:
+        if urn not in now():
             raise ApiError(404, f"urn {shorten(urn, 200)} is not in this collection; urns are matched "
                                 "exactly as in the metadata CSV (GET /api/random gives some)")
         return urn
@@ -221,12 +236,12 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         parameters = request_parameters("/api/neighbours", ("urn", "nns", "step", "vectors", "reprints"))
         urn = parse_urn(parameters.get("urn"))
         nns = parse_count(parameters.get("nns"), "nns", DEFAULT_NNS, MAX_NNS)
-        steps = parse_steps(parameters.get("step"), collection.steps)
+        steps = parse_steps(parameters.get("step"), now().steps)
         vectors = parse_flag(parameters.get("vectors"), "vectors")
         reprints = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
         tag_by_collection()
         try:
-            answer = collection.neighbours(known(urn), nns, steps, vectors, reprints=reprints)
+            answer = now().neighbours(known(urn), nns, steps, vectors, reprints=reprints)
         except ReprintsUnavailable as error:
             raise ApiError(400, str(error)) from None
         return json_answer(with_thumbnails(answer))
@@ -237,14 +252,14 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
         urn = parse_urn(parameters.get("urn"))
         vectors = parse_flag(parameters.get("vectors"), "vectors")
         tag_by_collection()
-        return json_answer(with_thumbnails(collection.item(known(urn), vectors)))
+        return json_answer(with_thumbnails(now().item(known(urn), vectors)))
 
     @route("/api/random")
     def random_images() -> str:
         parameters = request_parameters("/api/random", ("n", "period"))
         n = parse_count(parameters.get("n"), "n", DEFAULT_RANDOM, MAX_RANDOM)
         period = parse_period(parameters.get("period"))
-        images = collection.random_items(n, period)
+        images = now().random_items(n, period)
         for image in images:
             image["thumbnail"] = thumbnail_url(image["urn"], bottle.request.script_name)
         return json_answer({"n": n, "period": parameters.get("period"), "images": images})
@@ -253,20 +268,20 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
     def collection_info() -> str:
         request_parameters("/api/collection", ())
         tag_by_collection()
-        return json_answer(info(collection))
+        return json_answer(info(now()))
 
     @route("/thumbnail")
     def thumbnail() -> bottle.HTTPResponse:
         parameters = request_parameters("/thumbnail", ("urn", "v"))
         urn = known(parse_urn(parameters.get("urn")))
-        path = collection.thumbnail_path(urn)
+        path = now().thumbnail_path(urn)
         if path is None:
             raise ApiError(404, f"no thumbnail for urn {shorten(urn, 200)}; make them with "
                                 "make_thumbnails.py (its rejects.csv lists images that could not be read)")
         response = bottle.static_file(path.name, root=str(path.parent), mimetype="image/jpeg")
         if response.status_code in (200, 304):
             version = parameters.get("v")
-            current = version is not None and version == collection.thumbnails.version(urn)
+            current = version is not None and version == now().thumbnails.version(urn)
             response.set_header("Cache-Control",
                                 THUMBNAIL_VERSIONED if current else f"public, max-age={THUMBNAIL_MAX_AGE}")
         return response
@@ -284,14 +299,14 @@ def make_app(collection: Collection, debug: bool = False, embedder: Embedder | N
     @app.route("/api/search", method="POST")
     def search_by_upload() -> str:
         try:
-            answer = upload.search(bottle.request, collection, embedder)
+            answer = upload.search(bottle.request, now(), embedder)
         except (ParameterError, upload.UploadError) as error:
             raise ApiError(error.status, str(error)) from None
         except ReprintsUnavailable as error:
             raise ApiError(400, str(error)) from None
         return json_answer(with_thumbnails(answer))
 
-    add_original_routes(app, collection)  # GET /query, /random: the original Siamese's API
+    add_original_routes(app, now)  # GET /query, /random: the original Siamese's API
 
     def json_error(error: bottle.HTTPError) -> str:
         return json_answer(_error_message(error, debug))
@@ -364,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                     "in a systemd unit)")
         print(f"app.py: error: {error}{hint}", file=sys.stderr)
         return 2
-    app = make_app(collection, debug=args.debug)
+    app = make_app(LiveCollection(collection), debug=args.debug)  # rebuilt indices picked up
     upload.remove_stale_uploads()  # what a killed server left in the temporary folder
     serve_requests_in_parallel()
 

@@ -5,8 +5,8 @@ the search core, so a process holds one copy of the items. One consistent snapsh
 grew since the indices were built, the missing indices are built before anything is answered (an
 answer never mixes old indices with new rows); when the indices were built for a newer state of the
 store than the one opened (an extraction and a build finished meanwhile), the store is opened again.
-A damaged index file is never memory-mapped: it is rebuilt before the collection opens. New data
-reaches a running server when it is started again.
+A damaged index file is never memory-mapped: it is rebuilt before the collection opens. A running
+server picks up rebuilt indices through LiveCollection (a new Collection, swapped in whole).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import random
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from siamese import answers
 from siamese.backbones import Embedder, embed_image
 from siamese.images import ImageRejected, open_rgb
 from siamese.index_build import IndexConfig, build_indices
-from siamese.index_dir import WHOLE, IndexDamaged, built_step_sizes, read_manifest
+from siamese.index_dir import MANIFEST, WHOLE, IndexDamaged, built_step_sizes, read_manifest
 from siamese.reprints import (
     LOOK_DEEPER,
     MAX_CANDIDATES,
@@ -39,7 +40,7 @@ from siamese.reprints import (
 )
 from siamese.search import PeriodHits, Query, SearchCore, SearchSettings
 from siamese.thumbnails import Thumbnails
-from siamese.vector_store import VectorStore
+from siamese.vector_store import StoreError, VectorStore
 
 
 class CollectionError(ValueError):
@@ -62,12 +63,14 @@ class Collection:
         (CollectionError when none was built). Missing or stale indices of `config` are built first.
     images_root : the folder the metadata's image paths are relative to (as extract_vectors.py's
         --images-root): reprints are then checked on the original images, else on the thumbnails.
+    build : build missing or stale indices first (False: CollectionError instead; a running server
+        picking up a rebuild never builds, see LiveCollection).
     """
 
     def __init__(self, vector_dir: str | os.PathLike, index_dir: str | os.PathLike,
                  thumbnail_dir: str | os.PathLike | None = None, verbose: bool = False, *,
                  config: IndexConfig | None = None, settings: SearchSettings | None = None,
-                 n_jobs: int = -1, images_root: str | os.PathLike | None = None) -> None:
+                 n_jobs: int = -1, images_root: str | os.PathLike | None = None, build: bool = True) -> None:
         self.vector_dir = Path(vector_dir)
         self.index_dir = Path(index_dir)
         self.thumbnails = Thumbnails(thumbnail_dir)
@@ -90,12 +93,17 @@ class Collection:
             config = IndexConfig(metric=manifest["metric"], step_sizes=tuple(steps))
         self.config = config
         if not config.is_current(self.index_dir, manifest, self.store):  # the build verifies the store
+            if not build:
+                raise CollectionError(f"the indices in {self.index_dir} do not cover the store as it is "
+                                      f"now ({self.store.count} rows); build them first")
             build_indices(self.store, self.index_dir, config, n_jobs=n_jobs, verbose=verbose)
         else:
             self.store.verify()  # every committed byte against its checksum (StoreError naming the rows)
         try:
             self.core = SearchCore(self.store, self.index_dir, list(config.step_sizes), settings)
         except (FileNotFoundError, IndexDamaged) as error:  # deleted or damaged behind the manifest's back
+            if not build:
+                raise CollectionError(str(error)) from None
             print(f"{error}\nrebuilding what is missing or damaged", file=sys.stderr)
             build_indices(self.store, self.index_dir, config, n_jobs=n_jobs, verbose=verbose)
             try:
@@ -289,3 +297,80 @@ class Collection:
 
     def has_thumbnail(self, urn: str) -> bool:
         return self.thumbnails.exists(urn)
+
+
+def manifest_signature(index_dir: Path) -> tuple[int, int, int] | None:
+    """What changes when a build replaces the index directory's manifest (inode, mtime, size)."""
+    try:
+        stat = os.stat(index_dir / MANIFEST)
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+class LiveCollection:
+    """The collection a server answers from, replaced whole when its indices are rebuilt.
+
+    At most every `check_seconds` a request looks at the index directory's manifest (one stat); when a
+    build has replaced it, a thread opens the collection again (the store as it is now, checked, the new
+    indices loaded) while requests go on with the old one, and then replaces it in one assignment. A
+    request takes the collection once (`current()`) and answers from it alone: from the old indices or
+    the new, never a mix. Nothing is built here: while a build is under way (its manifest holds a
+    pending generation), when the new manifest does not cover the store (more rows were extracted,
+    their indices still to come) or when the collection cannot be opened, the old one stays (and why
+    is logged). `check_seconds` None: never replaced (tests, a fixed snapshot).
+    """
+
+    def __init__(self, collection: Collection, check_seconds: float | None = 2.0) -> None:
+        self._collection = collection
+        self.check_seconds = check_seconds
+        self._signature = manifest_signature(collection.index_dir)
+        self._checked = time.monotonic()
+        self._lock = threading.Lock()
+        self._reopening: threading.Thread | None = None
+        self.replaced = 0  # how many times it was (tests, logs)
+
+    def current(self) -> Collection:
+        if self.check_seconds is not None and time.monotonic() - self._checked >= self.check_seconds:
+            self._check()
+        return self._collection
+
+    def _check(self) -> None:
+        with self._lock:
+            self._checked = time.monotonic()
+            if self._reopening is not None:
+                return
+            signature = manifest_signature(self._collection.index_dir)
+            if signature is None or signature == self._signature:
+                return
+            self._reopening = threading.Thread(target=self._reopen, args=(signature,), daemon=True,
+                                               name="siamese-reopen")
+            self._reopening.start()
+
+    def wait(self, seconds: float | None = None) -> None:
+        """Until a reopening under way (if any) has finished (tests)."""
+        with self._lock:  # started under the lock: never joined before it runs
+            thread = self._reopening
+        if thread is not None:
+            thread.join(seconds)
+
+    def _reopen(self, signature: tuple[int, int, int]) -> None:
+        old = self._collection
+        try:
+            manifest = read_manifest(old.index_dir)
+            if manifest is None or "pending" in manifest:
+                return  # a build under way (or interrupted): its generation is served once promoted
+            new = Collection(old.vector_dir, old.index_dir, old.thumbnails.directory,
+                             images_root=old.images_root, settings=old.core.settings, build=False)
+        except (CollectionError, StoreError, IndexDamaged, FileNotFoundError, OSError, ValueError) as error:
+            print(f"indices in {old.index_dir} changed but cannot be served yet ({error}); still serving "
+                  "the ones opened before", file=sys.stderr, flush=True)
+        else:
+            self._collection = new
+            self.replaced += 1
+            print(f"indices in {old.index_dir} rebuilt: now serving {new.count} images, step sizes "
+                  f"{', '.join(map(str, new.steps))}", file=sys.stderr, flush=True)
+        finally:
+            with self._lock:
+                self._signature = signature
+                self._reopening = None

@@ -26,6 +26,7 @@ parameters are refused, as on our own routes, so that a typo is not answered wit
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import NoReturn
 
 import bottle
@@ -87,11 +88,13 @@ def _neighbor(found: dict, vectors: bool) -> dict:
     return neighbor
 
 
-def add_original_routes(app: bottle.Bottle, collection: Collection) -> None:
-    """Add GET /query and GET /random, the original Siamese's API, to the app over `collection`."""
+def add_original_routes(app: bottle.Bottle, collection_now: Callable[[], Collection]) -> None:
+    """Add GET /query and GET /random, the original Siamese's API, to the app over the collection
+    `collection_now()` gives (the one the request is answered from)."""
 
     @app.route("/query", method="GET")
     def query() -> str:
+        collection = collection_now()
         try:
             given = request_parameters("/query", ("urn", "nns", "step", "vectors"))
             urn = urn_from_resolver_link(parse_urn(given.get("urn")))
@@ -106,6 +109,7 @@ def add_original_routes(app: bottle.Bottle, collection: Collection) -> None:
 
     @app.route("/random", method="GET")
     def random_images() -> str:
+        collection = collection_now()
         try:
             request_parameters("/random", ())
         except ParameterError as error:

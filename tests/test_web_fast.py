@@ -3,11 +3,14 @@ Annoy files, the WSGI app called directly (webtest). `make test-fast` runs this 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -268,3 +271,69 @@ def test_thumbnail_urls_carry_their_version_and_are_kept_for_good(client, histog
         "public, max-age=31536000, immutable"
     stale = client.get(url.split("&v=")[0] + "&v=0")  # an older version: kept a day only
     assert stale.body == fresh.body and stale.headers["Cache-Control"] == "public, max-age=86400"
+
+
+# ----------------------------------------------------------------------------- rebuilt indices
+
+def test_a_rebuild_is_picked_up_whole_by_a_running_app(histogram_collection, tmp_path, capsys):
+    """Requests go on during a rebuild (another descriptor: every distance changes); each answer is the
+    old collection's or the new one's, whole, never an error; the new one is served once it is open."""
+    from siamese.collection import LiveCollection
+    from siamese.index_build import IndexConfig, build_indices
+    from siamese.vector_store import VectorStore
+
+    store = VectorStore(histogram_collection.vector_dir)
+    indices = tmp_path / "indices"
+    build_indices(store, indices, IndexConfig(step_sizes=(10,), index_dimensions=16, descriptor="raw"),
+                  verbose=False)
+    open_collection = functools.partial(Collection, histogram_collection.vector_dir, indices,
+                                        histogram_collection.thumbnail_dir)
+    live = LiveCollection(open_collection(), check_seconds=0)
+    client = webtest.TestApp(make_app(live))
+    paths = [f"/api/neighbours?{urlencode({'urn': urn, 'step': 'all,10'})}"
+             for urn in histogram_collection.urns[:4]] + ["/api/collection"]
+    before = {path: client.get(path).body for path in paths}
+
+    seen: list[tuple[str, int, bytes]] = []
+    done = threading.Event()
+
+    def ask() -> None:
+        while not done.is_set():
+            for path in paths:
+                answer = client.get(path, expect_errors=True)
+                seen.append((path, answer.status_int, answer.body))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    try:
+        whitened = IndexConfig(step_sizes=(10,), index_dimensions=16, descriptor="whitened")
+        build_indices(store, indices, whitened, force=True, verbose=False)
+        deadline = time.monotonic() + 60
+        while live.replaced == 0 and time.monotonic() < deadline:
+            live.wait(1)
+            time.sleep(0.05)
+        count = len(seen)
+        while len(seen) < count + 2 * len(paths):
+            time.sleep(0.05)
+    finally:
+        done.set()
+        asking.join(timeout=60)
+    assert live.replaced >= 1  # (a build may write its final manifest more than once)
+    after = webtest.TestApp(make_app(open_collection()))
+    now = {path: after.get(path).body for path in paths}
+    assert all(before[path] != now[path] for path in paths[:-1])  # the rebuild changed every answer
+    assert all(status == 200 for _, status, _ in seen), {status for _, status, _ in seen}
+    assert all(body in (before[path], now[path]) for path, _, body in seen)  # old or new, never a mix
+    assert all(body == now[path] for path, _, body in seen[-len(paths):])  # and then the new one
+    assert "rebuilt: now serving" in capsys.readouterr().err
+
+    # a manifest that does not cover the store (indices of a later state, still to be built) is not
+    # served: the app keeps the collection it has, and says why
+    replaced = live.replaced
+    manifest = json.loads((indices / "index.json").read_text())
+    manifest["store"]["count"] += 1
+    (indices / "index.json").write_text(json.dumps(manifest))
+    client.get(paths[0])
+    live.wait(30)
+    assert live.replaced == replaced and client.get(paths[0]).body == now[paths[0]]
+    assert "cannot be served yet" in capsys.readouterr().err
