@@ -1,11 +1,13 @@
 """The Siamese web app: search a collection by image similarity, whole and period by period.
 
     python app.py --vector-dir DIR --index-dir DIR [--thumbnails DIR] [--images-root DIR]
-                  [--host 127.0.0.1] [--port 8080] [--threads 8] [--debug]
+                  [--host 127.0.0.1] [--port 8080] [--workers CORES] [--threads 8] [--debug]
 
 Serves the search page and a JSON API with waitress (a multi-threaded production WSGI server, set up in
 siamese/serving.py to stay up under adversity: many connections, slow or oversized requests; the
-threads share the memory-mapped vectors and indices); --debug uses Bottle's single-threaded development
+threads share the memory-mapped vectors and indices), in --workers processes forked after the
+collection is opened (siamese/workers.py; a dead one is replaced); indices rebuilt meanwhile are picked
+up without a restart (collection.LiveCollection). --debug uses Bottle's single-threaded development
 server instead and adds tracebacks to 500s. The metadata is the one the vector store holds.
 
     GET /                       the search page; /?urn=U&step=S&nns=N is a permalink to a search
