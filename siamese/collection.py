@@ -27,6 +27,7 @@ from siamese.backbones import Embedder, embed_image
 from siamese.images import ImageRejected, open_rgb
 from siamese.index_build import IndexConfig, build_indices
 from siamese.index_dir import MANIFEST, WHOLE, IndexDamaged, built_step_sizes, read_manifest
+from siamese.metadata import resolve_image_path
 from siamese.reprints import (
     LOOK_DEEPER,
     MAX_CANDIDATES,
@@ -259,8 +260,7 @@ class Collection:
     def reprint_image(self, urn: str) -> Image.Image | None:
         """The image of `urn` that reprints are checked on (None when it cannot be read)."""
         if self.images_root is not None:
-            path = str(self.store.items[self.store.row_of(urn)]["path"])
-            path = Path(path) if os.path.isabs(path) else self.images_root / path
+            path = resolve_image_path(str(self.store.items[self.store.row_of(urn)]["path"]), self.images_root)
         else:
             path = self.thumbnail_path(urn)
             if path is None:

@@ -27,6 +27,11 @@ class MetadataError(ValueError):
     """The CSV as a whole cannot be used (missing file, missing columns, not UTF-8)."""
 
 
+def resolve_image_path(path: str, images_root: Path) -> Path:
+    """An image file named in the metadata: `path` relative to the images root, or absolute."""
+    return Path(path) if os.path.isabs(path) else images_root / path
+
+
 @dataclass(frozen=True)
 class Record:
     """One image of the collection, as the CSV describes it."""
@@ -39,7 +44,7 @@ class Record:
 
     def resolve(self, images_root: Path) -> Path:
         """The image file: `path` relative to the images root, or absolute."""
-        return Path(self.path) if os.path.isabs(self.path) else images_root / self.path
+        return resolve_image_path(self.path, images_root)
 
     def to_item(self) -> dict:
         """The JSON-serialisable form kept in the vector store."""

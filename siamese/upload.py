@@ -205,8 +205,7 @@ def search(request: bottle.BaseRequest, collection: Collection, embedder: Embedd
     reprints = request.environ["siamese.reprints"]
     if reprints:
         collection.require_reprint_images()  # refused before the upload is decoded
-    embedded = embed_upload(upload, collection, embedder, with_image=reprints > 0)
-    vector, metadata, image = embedded if reprints else (*embedded, None)
+    vector, metadata, image = embed_upload(upload, collection, embedder, with_image=reprints > 0)
     answer = collection.neighbours(vector, nns, steps, reprints=reprints, query_image=image)
     result = {"urn": None, "metadata": metadata, "model": collection.model, "nns": answer["nns"],
               "step": answer["step"]}
@@ -217,10 +216,10 @@ def search(request: bottle.BaseRequest, collection: Collection, embedder: Embedd
 
 
 def embed_upload(upload: bottle.FileUpload, collection: Collection, embedder: Embedder | None, *,
-                 with_image: bool = False) -> tuple:
-    """The upload's vector by the collection's model, and what the answer says of the upload; with
-    `with_image`, also the image itself at most reprints.WORKING_SIDE on its longer side (what reprints
-    are checked on).
+                 with_image: bool = False) -> tuple[np.ndarray, dict, Image.Image | None]:
+    """The upload's vector by the collection's model, what the answer says of the upload, and with
+    `with_image` the image itself at most reprints.WORKING_SIDE on its longer side (what reprints are
+    checked on; else None).
 
     The bytes are copied into a fresh private temporary directory (never under the client's file
     name) and read from there; the directory is removed before this returns or raises.
@@ -241,9 +240,7 @@ def embed_upload(upload: bottle.FileUpload, collection: Collection, embedder: Em
         except BackboneError as error:
             raise UploadError(503, f"the collection's model cannot be loaded here: {error}") from None
         metadata = {"filename": upload.raw_filename, "width": width, "height": height, "bytes": size}
-        if not with_image:
-            return vector, metadata
-        return vector, metadata, decode_working_image(path)
+        return vector, metadata, decode_working_image(path) if with_image else None
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

@@ -208,7 +208,7 @@ class Collection:
     model = "colour-histogram"
     def embed(self, image, embedder):
         return backbones.embed_image(image, self.model, embedder)
-vector, result["metadata"] = upload.embed_upload(Upload(), Collection(), backbones.colour_histogram)
+vector, result["metadata"], _ = upload.embed_upload(Upload(), Collection(), backbones.colour_histogram)
 result["dimensions"] = len(vector)
 """
     measured = peak_growth(code)
