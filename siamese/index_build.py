@@ -23,6 +23,7 @@ import numpy as np
 from annoy import AnnoyIndex
 from tqdm import tqdm
 
+from siamese import codes
 from siamese import index_dir as layout
 from siamese.descriptors import (
     DEFAULT_DESCRIPTOR,
@@ -45,6 +46,7 @@ CHUNK = 16_384  # rows read from the memory map at a time while building
 MANIFEST_INTERVAL = 1.0
 CONFIGURATION = ("metric", "model", "n_dimensions", "descriptor", "descriptor_dimensions", "index_dimensions",
                  "n_trees")  # one per directory
+CODES_VERSION = 1  # what the codes' fingerprint depends on besides the rows: a new layout rewrites them
 LEGACY = {"descriptor": "raw"}  # what a directory built before a setting existed holds
 
 
@@ -133,11 +135,12 @@ class IndexConfig:
                     "(--force) to replace them")
 
     def is_current(self, index_dir: Path, manifest: dict | None, store: VectorStore) -> bool:
-        """The cheap check: same configuration, and every step size built at the store's current state."""
+        """The cheap check: same configuration, every step size built at the store's current state, and
+        the int8 codes there (a directory built before them gets them, and nothing else, rebuilt)."""
         if manifest is None:
             return False
         self.check_compatible(index_dir, manifest, store)
-        return layout.is_complete(manifest, store, list(self.step_sizes))
+        return layout.is_complete(manifest, store, list(self.step_sizes)) and not layout.needs_codes(manifest)
 
 
 @dataclass
@@ -234,6 +237,10 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
     needed = [groups[key][1] for key in stale]
     projected = _project_rows(descriptors, project, np.unique(np.concatenate(needed)), verbose) \
         if needed and project.components is not None else None
+    codes_record = _codes(index_dir, manifest, descriptors, descriptors_record, project, recorded,
+                          layout.store_state(store), years,
+                          projected if needed and len(needed[0]) == len(years) and stale.get(layout.WHOLE)
+                          else None, not transform.is_identity, verbose)
     seconds = {"projection": time.perf_counter() - clock}  # where the time went, for the report
     annoy_metric = project.annoy_metric(settings["descriptor_dimensions"], settings["index_dimensions"])
     written = time.perf_counter()
@@ -246,7 +253,7 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
                 rows = groups[key][1]
                 entry = {"fingerprint": fingerprint, "count": len(rows), "n_trees": settings["n_trees"]}
                 if len(rows):
-                    names = layout.file_names(key, fingerprint, with_scan=projected is not None)
+                    names = layout.file_names(key, fingerprint)
                     write_index(index_dir, names, rows, descriptors, project, projected, annoy_metric,
                                 settings["n_trees"], n_jobs)
                     entry.update(layout.describe_files(index_dir, names))
@@ -262,8 +269,9 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
         finally:  # Ctrl-C or an error: keep what was finished (a kill -9 loses at most MANIFEST_INTERVAL)
             layout.write_manifest(index_dir, manifest)
     # promotion: readers switch from the previous complete generation to this one in one rename
-    manifest["indices"] = {**current, **ready}
-    manifest.update(transform=transform_record, descriptors=descriptors_record, projection=recorded)
+    manifest["indices"] = {key: _without_scan(entry) for key, entry in {**current, **ready}.items()}
+    manifest.update(transform=transform_record, descriptors=descriptors_record, projection=recorded,
+                    codes=codes_record)
     if refitted:
         manifest["complete"] = {}  # indices of other step sizes were built with the old projection
     del manifest["pending"]
@@ -383,6 +391,69 @@ def _projection(index_dir: Path, manifest: dict, vectors: np.ndarray, metric: st
     return projection, record, True
 
 
+def _without_scan(entry: dict) -> dict:
+    """An index entry without the float32 scan matrix of older builds (the codes replaced it; the file
+    is deleted with the rest of the garbage)."""
+    if "scan" not in entry:
+        return entry
+    entry = {name: value for name, value in entry.items() if name != "scan"}
+    for name in ("sizes", "checksums"):
+        if isinstance(entry.get(name), dict):
+            entry[name] = {kind: value for kind, value in entry[name].items() if kind != "scan"}
+    return entry
+
+
+def _codes(index_dir: Path, manifest: dict, descriptors: np.ndarray, descriptors_record: dict | None,
+           project: Projection, projection_record: dict, store_state: dict, years: np.ndarray,
+           projected: np.ndarray | None, with_descriptors: bool, verbose: bool) -> dict | None:
+    """The int8 codes of every row (siamese/codes.py) and their manifest record; None without a PCA
+    projection (nothing to code: the descriptors are indexed as they are).
+
+    Written whole for each state of the store and projection, like the descriptors (about 10 s for
+    426,777 rows, most of it projecting them when no index needed that anyway); `projected` is reused
+    when it holds every row. Descriptor codes only for whitened descriptors: unit length, so that their
+    dot product ranks like every metric but manhattan."""
+    if project.components is None:
+        return None
+    state = descriptors_record["fingerprint"] if descriptors_record else sorted(store_state.items())
+    fingerprint = hashlib.sha1(f"codes:{CODES_VERSION}:{projection_record['sha1']}:{state}:{len(years)}:"
+                               f"{with_descriptors}".encode()).hexdigest()
+    pending = manifest["pending"]
+    for record in (pending.get("codes"), manifest.get("codes")):
+        if record and record.get("fingerprint") == fingerprint and record.get("files") \
+                and layout.codes_damage(index_dir, record) is None:
+            return record
+    if projected is None:
+        projected = _project_rows(descriptors, project, np.arange(len(years)), verbose)
+    k = project.components.shape[1]
+    order = np.argsort(years, kind="stable")
+    sorted_items = projected[order]
+    extra = project.scan_extra(sorted_items)
+    extra[~np.isfinite(sorted_items).all(axis=1)] = np.inf  # an unusable row is nobody's candidate
+    scales = codes.fit_scales(sorted_items[:, :k])
+    parts = {"projection": codes.quantise(sorted_items[:, :k], scales), "extra": extra.astype(np.float32)}
+    del sorted_items
+    if with_descriptors:
+        descriptor_scales = codes.fit_scales(descriptors, chunk=CHUNK)
+        quantised = np.empty(descriptors.shape, np.int8)
+        for start in range(0, len(descriptors), CHUNK):
+            quantised[start:start + CHUNK] = codes.quantise(descriptors[start:start + CHUNK],
+                                                            descriptor_scales)
+        parts["descriptors"] = quantised
+        scales = np.concatenate([scales, descriptor_scales])
+    parts["scales"] = scales.astype(np.float32)
+    names = layout.codes_names(fingerprint, with_descriptors)
+    for part, array in parts.items():
+        layout.save_npy(index_dir / names[part], array)
+    record = {"fingerprint": fingerprint, "count": len(years), **layout.describe_files(index_dir, names),
+              "files": names}
+    for part in names:
+        del record[part]
+    pending["codes"] = record
+    layout.write_manifest(index_dir, manifest)
+    return record
+
+
 def _project_rows(vectors: np.ndarray, project: Projection, rows: np.ndarray, verbose: bool) -> np.ndarray:
     """Projected descriptors of `rows` (the others left zero), read from the memory map chunk by chunk."""
     projected = np.zeros((len(vectors), project.dimensions(vectors.shape[1])), dtype=np.float32)
@@ -397,7 +468,7 @@ def _project_rows(vectors: np.ndarray, project: Projection, rows: np.ndarray, ve
 def write_index(index_dir: Path, names: dict[str, str], rows: np.ndarray, descriptors: np.ndarray,
                 project: Projection, projected: np.ndarray | None, annoy_metric: str, n_trees: int,
                 n_jobs: int) -> None:
-    """Build and save one index: the Annoy file, the rows, and (with a projection) the scan matrix."""
+    """Build and save one index: the Annoy file and its rows."""
     index = AnnoyIndex(project.dimensions(descriptors.shape[1]), annoy_metric)
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
@@ -405,8 +476,6 @@ def write_index(index_dir: Path, names: dict[str, str], rows: np.ndarray, descri
         for offset, vector in enumerate(vectors.tolist()):  # lists: Annoy reads them fastest
             index.add_item(start + offset, vector)
     index.build(n_trees, n_jobs=n_jobs)
-    if "scan" in names:
-        layout.save_npy(index_dir / names["scan"], project.scan_matrix(projected[rows]))
     with layout.temporary(index_dir / names["annoy"]) as temporary:
         index.save(str(temporary))
         index.unload()

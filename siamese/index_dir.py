@@ -5,8 +5,12 @@
                                                mean, rows 1.. the whitening components
     INDEX_DIR/descriptors.<fingerprint>.npy    every stored row's descriptor (what is searched and ranked)
     INDEX_DIR/projection.<sha1>.npy            the PCA projection: row 0 the mean, rows 1.. the components
-    INDEX_DIR/all.<fingerprint>.ann|.rows.npy|.scan.npy           the whole collection's index
-    INDEX_DIR/step<S>_<START>.<fingerprint>.ann|.rows.npy|.scan.npy   one period's index
+    INDEX_DIR/codes.<fingerprint>.<part>.npy   int8 codes of every row (siamese/codes.py): projection
+                                               (sorted by year), extra, descriptors, scales
+    INDEX_DIR/all.<fingerprint>.ann|.rows.npy           the whole collection's index
+    INDEX_DIR/step<S>_<START>.<fingerprint>.ann|.rows.npy   one period's index
+    (directories built before the codes existed also hold a float32 <...>.scan.npy per index: no longer
+    read, and deleted by the next build)
 
 This module is the only code that knows these names and the manifest's keys. Every file is written
 under a temporary name and renamed into place, and the manifest is rewritten after each index, so an
@@ -34,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from siamese.codes import DescriptorCodes, ProjectionCodes
 from siamese.descriptors import IDENTITY, DescriptorTransform
 from siamese.projection import Projection
 from siamese.vector_store import VectorStore, write_atomically
@@ -42,13 +47,15 @@ MANIFEST = "index.json"
 FORMAT = "siamese-annoy-indices"
 VERSION = 1
 WHOLE = "all"  # the key of the whole-collection index, in the manifest and in answers
-FILES = ("annoy", "rows", "scan")  # the files of one index, as the manifest names them
+FILES = ("annoy", "rows", "scan")  # the files of one index, as the manifest names them (scan: older builds)
 TEMPORARY_PREFIX = ".annoy-indexer-"
 LOCK = ".lock"
 OUR_FILE = re.compile(r"^((all|step\d+_-?\d+)\.[0-9a-f]{12}\.(ann|rows\.npy|scan\.npy)"
-                      r"|(projection|transform|descriptors)\.[0-9a-f]{12}\.npy)$")  # what garbage collection
-# may delete
-SHARED = ("transform", "descriptors", "projection")  # the manifest's records of files all indices share
+                      r"|(projection|transform|descriptors)\.[0-9a-f]{12}\.npy"
+                      r"|codes\.[0-9a-f]{12}\.(projection|extra|descriptors|scales)\.npy)$")  # what garbage
+# collection may delete
+SHARED = ("transform", "descriptors", "projection", "codes")  # the manifest's records of shared files
+CODE_FILES = ("projection", "extra", "descriptors", "scales")  # the parts of the codes (siamese/codes.py)
 
 
 REBUILD = "rebuild them with: python annoy_indexer.py build VECTOR_DIR INDEX_DIR --force --steps 10 1"
@@ -92,6 +99,12 @@ def store_state(store: VectorStore) -> dict:
             "items_bytes": store.manifest.get("items_bytes")}
 
 
+def needs_codes(manifest: dict) -> bool:
+    """Whether the directory's searches want int8 codes that it does not have (built before they existed):
+    every directory with a PCA projection has them."""
+    return bool((manifest.get("projection") or {}).get("file")) and not manifest.get("codes")
+
+
 def built_step_sizes(manifest: dict) -> list[int]:
     """The step sizes completely built, largest first (decades before years).
 
@@ -121,13 +134,10 @@ def index_key(step: int | None, start: int | None = None) -> str:
     return WHOLE if step is None else f"{step}/{start}"
 
 
-def file_names(key: str, fingerprint: str, with_scan: bool) -> dict[str, str]:
+def file_names(key: str, fingerprint: str) -> dict[str, str]:
     """The file names of one index, by the manifest's names for them (FILES)."""
     stem = f"{key if key == WHOLE else 'step' + key.replace('/', '_')}.{fingerprint[:12]}"
-    names = {"annoy": f"{stem}.ann", "rows": f"{stem}.rows.npy"}
-    if with_scan:
-        names["scan"] = f"{stem}.scan.npy"
-    return names
+    return {"annoy": f"{stem}.ann", "rows": f"{stem}.rows.npy"}
 
 
 def file_checksum(path: Path) -> str:
@@ -143,6 +153,20 @@ def describe_files(index_dir: Path, names: dict[str, str]) -> dict:
     """What the manifest records of an index's files: their names, sizes and checksums."""
     return {**names, "sizes": {kind: (index_dir / name).stat().st_size for kind, name in names.items()},
             "checksums": {kind: file_checksum(index_dir / name) for kind, name in names.items()}}
+
+
+def codes_damage(index_dir: Path, record: dict) -> str | None:
+    """Why the recorded codes cannot be used (a part missing, of another size, changed), or None."""
+    for part, name in (record.get("files") or {}).items():
+        path = index_dir / name
+        try:
+            size = path.stat().st_size
+        except (FileNotFoundError, NotADirectoryError):
+            return f"{name} is missing"
+        if size != (record.get("sizes") or {}).get(part) or \
+                file_checksum(path) != (record.get("checksums") or {}).get(part):
+            return f"{name} does not match its checksum"
+    return None
 
 
 def damage(index_dir: Path, entry: dict, full: bool = True) -> str | None:
@@ -295,6 +319,41 @@ def build_lock(index_dir: Path) -> Iterator[None]:
         yield
 
 
+def codes_names(fingerprint: str, with_descriptors: bool) -> dict[str, str]:
+    return {part: f"codes.{fingerprint[:12]}.{part}.npy" for part in CODE_FILES
+            if with_descriptors or part != "descriptors"}
+
+
+def shared_files(record: dict | None) -> set[str]:
+    """The file names a shared record (transform, descriptors, projection, codes) refers to."""
+    record = record or {}
+    return {record["file"]} if record.get("file") else set((record.get("files") or {}).values())
+
+
+def read_codes(index_dir: Path, recorded: dict, years: np.ndarray, metric: str,
+               descriptor_dimensions: int) -> tuple[ProjectionCodes, DescriptorCodes | None]:
+    """The recorded codes, memory-mapped, checked against their checksums, shapes and the store's rows."""
+    files = recorded.get("files") or {}
+    if "projection" not in files or "extra" not in files or "scales" not in files:
+        raise IndexDamaged(f"{index_dir / MANIFEST}: the record of the codes is damaged; {REBUILD}")
+    arrays = {part: _load_checked(index_dir / name, {"checksum": (recorded.get("checksums") or {}).get(part)},
+                                  f"codes ({part})", mmap=part != "scales") for part, name in files.items()}
+    codes, extra, scales = arrays["projection"], arrays["extra"], arrays["scales"]
+    count, k = codes.shape if codes.ndim == 2 else (-1, -1)
+    descriptors = arrays.get("descriptors")
+    expected_scales = k + (descriptor_dimensions if descriptors is not None else 0)
+    if count != len(years) or codes.dtype != np.int8 or extra.shape != (count,) or extra.dtype != np.float32 \
+            or scales.shape != (expected_scales,) or scales.dtype != np.float32 or (
+            descriptors is not None and (descriptors.shape != (count, descriptor_dimensions)
+                                         or descriptors.dtype != np.int8)):
+        raise IndexDamaged(f"{index_dir / files['projection']}: the codes are not those of this store's "
+                           f"{len(years)} rows; {REBUILD}")
+    order = np.argsort(years, kind="stable")  # how the build sorted them
+    projection = ProjectionCodes(codes, extra, scales[:k], order, years[order],
+                                 -1.0 if metric == "dot" else -2.0)
+    return projection, None if descriptors is None else DescriptorCodes(descriptors, scales[k:])
+
+
 def collect_garbage(index_dir: Path, manifest: dict) -> None:
     """Delete our index files that the manifest no longer names: replaced by --force, or left by a
     build interrupted between writing a file and recording it. Files of other tools are left alone."""
@@ -302,8 +361,7 @@ def collect_garbage(index_dir: Path, manifest: dict) -> None:
     entries = [*manifest["indices"].values(), *(pending.get("indices") or {}).values()]
     referenced = {entry[name] for entry in entries for name in FILES if name in entry}
     for record in SHARED:
-        referenced.add((manifest.get(record) or {}).get("file"))
-        referenced.add((pending.get(record) or {}).get("file"))
+        referenced |= shared_files(manifest.get(record)) | shared_files(pending.get(record))
     for path in index_dir.iterdir():
         if OUR_FILE.match(path.name) and path.name not in referenced:
             path.unlink(missing_ok=True)
@@ -330,6 +388,14 @@ def verify(index_dir: Path) -> tuple[int, list[str]]:
                 read(record)
             except IndexDamaged as error:
                 problems.append(str(error))
+    codes = manifest.get("codes") or {}
+    for part, name in (codes.get("files") or {}).items():
+        checked += 1
+        try:
+            _load_checked(index_dir / name, {"checksum": (codes.get("checksums") or {}).get(part)}, "codes",
+                          mmap=True)
+        except IndexDamaged as error:
+            problems.append(str(error))
     for key, entry in sorted((manifest.get("indices") or {}).items()):
         checked += sum(kind in entry for kind in FILES) if isinstance(entry, dict) else 1
         problem = damage(index_dir, entry if isinstance(entry, dict) else {})

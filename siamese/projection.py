@@ -77,15 +77,13 @@ class Projection:
         projected = (vector - self.mean) @ self.components
         return np.append(projected, np.float32(0)) if self.residual else projected
 
-    def scan_matrix(self, projected_items: np.ndarray) -> np.ndarray:
-        """S such that S @ scan_query(q) orders the items like their Annoy distance to q, smallest first."""
-        extra = np.zeros(len(projected_items), np.float32) if self.dot else \
-            np.einsum("ij,ij->i", projected_items, projected_items)
-        return np.hstack([projected_items, extra[:, None]])
-
-    def scan_query(self, projected_query: np.ndarray) -> np.ndarray:
-        # |y|^2 - 2 y.q orders like |y - q|^2; for dot, -y.q orders like decreasing y.q
-        return np.append(-projected_query if self.dot else -2 * projected_query, np.float32(1))
+    def scan_extra(self, projected_items: np.ndarray) -> np.ndarray:
+        """e such that e + c * (y . q) orders the items like their Annoy distance to q, smallest first,
+        with c = -2 (|y|^2 - 2 y.q orders like |y - q|^2; a query's residual coordinate is 0) or, for
+        dot, e = 0 and c = -1 (-y.q orders like decreasing y.q). siamese/codes.py scans this way."""
+        if self.dot:
+            return np.zeros(len(projected_items), np.float32)
+        return np.einsum("ij,ij->i", projected_items, projected_items, dtype=np.float64).astype(np.float32)
 
     def annoy_metric(self, n_dimensions: int, index_dimensions: int) -> str:
         """The metric Annoy indexes the projected vectors with (it only picks candidates)."""

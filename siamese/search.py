@@ -11,10 +11,13 @@ How a query works, and why:
   descriptors (a memory map). The distances reported are exact distances between descriptors; the
   approximation can only cost recall, which the number of candidates and `search_k` keep high.
 * Each index hands over its candidates the cheapest way for its size: all of its rows when it is small
-  (exact), a scan of its projected items (one matrix-vector product over a memory-mapped `.scan.npy`)
-  when a tree search would have to collect a good part of it anyway, and Annoy's tree search when it
-  is large. With the defaults, on the benchmark's 426,777 vectors, periods are scanned and the whole
-  collection is searched with Annoy (see docs/benchmarks.md).
+  (exact), a scan of its rows' int8 codes (siamese/codes.py) when a tree search would have to collect
+  a good part of it anyway, and Annoy's tree search when it is large. The codes are sorted by year, so
+  one pass scores the rows of every period a query asks for (all 50 years of a step-1 query, and its
+  decades and whole collection with it); with the defaults, on the benchmark's 426,777 vectors, every
+  index is scanned (docs/benchmarks.md), and Annoy's trees take over where a collection is too large
+  to scan. The candidates are then ranked by their int8 descriptor codes, and only the best few of
+  each period read their float32 descriptors for the exact distances.
 
 One answer shape: every search is over periods, and the whole collection is one period, under the key
 "all". Results are rows and distances; siamese/answers.py turns them into what the API shows.
@@ -32,6 +35,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 from siamese import index_dir as layout
+from siamese.codes import DescriptorCodes, ProjectionCodes, smallest
 from siamese.descriptors import DescriptorTransform
 from siamese.periods import Period, periods_between
 from siamese.projection import Projection, closest_first, exact_distances, ranking_scores
@@ -42,6 +46,10 @@ from siamese.vector_store import VectorStore
 # at 426,777 items (bench/index_scale.py) x4 1.000 / 0.994 / 0.997. At 256-d a candidate costs an eighth
 # of a raw 2048-d one to re-rank.
 WHITENED_CANDIDATES = 4.0
+# Candidates ranked by their int8 descriptor codes keep this many times n per period for the exact
+# distances: int8 rounding can only swap near-ties, never move the true n-th far down.
+EXACT_PER_RESULT = 2
+ALL_ROWS, SCAN, TREES = "all rows", "scan", "trees"  # how an index gives its candidates
 
 
 @dataclass(frozen=True)
@@ -52,20 +60,23 @@ class SearchSettings:
         candidates kept. Larger: better recall, slower queries.
     search_k_per_candidate : Annoy's own default, n_trees * n, is tuned for speed; re-ranking needs the
         true neighbours among the candidates, so a search collects this many items per candidate kept.
-    scan_below : an index of fewer than scan_below * search_k items is scanned (exact in the projection,
-        and cheaper there than a tree search that collects most of it anyway).
+    scan_below : an index of fewer than scan_below * search_k items is scanned (its int8 codes, exact in
+        the projection, and cheaper there than a tree search that collects a good part of it anyway);
+        an index whose rows a query has scanned for another of its periods always is.
     brute_force_max_rows : periods this small are searched exhaustively (exact and cheaper).
     candidate_multiplier : candidates kept for re-ranking, times n_candidates' count (the items a tree
         search collects do not change); None: 1 for raw descriptors, WHITENED_CANDIDATES for whitened
         ones, whose variance the projection keeps less of, so that their true neighbours sit deeper in
         its ranking (each costs an eighth of a raw 2048-d candidate to re-rank at 256-d).
+    threads : threads for one query's scan of the codes; 1 suits a server whose workers fill the cores.
     """
 
     search_k: int | None = None
     search_k_per_candidate: int = 500
-    scan_below: int = 4
+    scan_below: int = 8
     brute_force_max_rows: int = 256
     candidate_multiplier: float | None = None
+    threads: int = 1
 
     def n_candidates(self, n: int, size: int, metric: str) -> int:
         """How many candidates a search of an index of `size` items keeps for exact re-ranking down to n.
@@ -73,9 +84,8 @@ class SearchSettings:
         The projection ranks well but not exactly, and the more items crowd around the query the deeper
         the true n-th neighbour sits in its ranking: on the benchmark's vectors the true 10 nearest are
         among the projection's 60 nearest in periods of 8,500 items (recall 0.996) but need 100 in
-        periods of 85,000 (0.995), hence n * (2 + 1.5 log2(size / 1000)). Re-ranking reads each
-        candidate's vector (8 KiB at 2048-d), so candidates are most of what a query costs. Twice as
-        many for 'manhattan', which the (euclidean) projection approximates less well.
+        periods of 85,000 (0.995), hence n * (2 + 1.5 log2(size / 1000)). Twice as many for
+        'manhattan', which the (euclidean) projection approximates less well.
         """
         factor = 2 + 1.5 * math.log2(max(size, 1000) / 1000)
         return int(max(factor * n, n + 20) * (2 if metric == "manhattan" else 1)) + 1  # + 1: itself
@@ -87,22 +97,30 @@ class SearchSettings:
 
 @dataclass
 class Index:
-    """One loaded index: the Annoy file and scan matrix (both memory-mapped), the store rows of its items."""
+    """One loaded index: the Annoy file (memory-mapped), the store rows of its items, and where its rows
+    lie in the codes (sorted by year: one span per period)."""
 
     period: Period | None
     rows: np.ndarray
     annoy: AnnoyIndex | None
-    scan: np.ndarray | None
+    span: tuple[int, int]
 
 
 @dataclass
 class Query:
-    """A query as every index reads it; `row` is its own store row (left out of its results), or -1."""
+    """A query as every index reads it; `row` is its own store row (left out of its results), or -1.
+    `scores` holds its scores over the codes' positions `scored` once a search has scanned them, so that
+    the periods of every step size searched for it share one scan."""
 
     row: int
     vector: np.ndarray  # the descriptor
-    annoy: list[float]  # projected, for Annoy
-    scan: np.ndarray  # projected, for the scan matrices
+    projected: np.ndarray  # its projection
+    annoy: list[float]  # the projection, for Annoy
+    scored: tuple[int, int] = (0, 0)
+    scores: np.ndarray | None = None
+
+    def has_scanned(self, span: tuple[int, int]) -> bool:
+        return self.scores is not None and self.scored[0] <= span[0] and span[1] <= self.scored[1]
 
 
 @dataclass
@@ -112,6 +130,15 @@ class PeriodHits:
     period: Period
     rows: np.ndarray
     distances: np.ndarray
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one index gives a query's candidates, and how many."""
+
+    how: str  # ALL_ROWS, SCAN or TREES
+    n_candidates: int
+    search_k: int
 
 
 class SearchCore:
@@ -156,29 +183,46 @@ class SearchCore:
                                                   descriptor_dimensions)
         self.projection: Projection = layout.read_projection(self.index_dir, self.metric,
                                                              manifest.get("projection"))
+        years = store.years()
+        # None for a directory built before the codes (searched by its trees, or exhaustively, until the
+        # next build adds them) and when the descriptors are indexed as they are (no projection)
+        self.codes: ProjectionCodes | None = None
+        self.descriptor_codes: DescriptorCodes | None = None
+        if manifest.get("codes") and self.projection.components is not None:
+            self.codes, self.descriptor_codes = layout.read_codes(self.index_dir, manifest["codes"], years,
+                                                                  self.metric, descriptor_dimensions)
+        sorted_years = np.sort(years) if self.codes is None else self.codes.years
         annoy_metric = self.projection.annoy_metric(descriptor_dimensions, manifest["index_dimensions"])
         dimensions = self.projection.dimensions(descriptor_dimensions)
-        years = manifest["years"]
-        self.years: tuple[int, int] | None = (years[0], years[1]) if years else None
+        span = manifest["years"]
+        self.years: tuple[int, int] | None = (span[0], span[1]) if span else None
         whole = Period(*self.years) if self.years else None
         self.indices: dict[str, list[Index]] = {
-            layout.WHOLE: [self._load(manifest, layout.WHOLE, whole, dimensions, annoy_metric)]}
+            layout.WHOLE: [self._load(manifest, layout.WHOLE, whole, (0, len(years)), dimensions,
+                                      annoy_metric)]}
         for step in self.step_sizes:
             self.indices[str(step)] = [
-                self._load(manifest, layout.index_key(step, period.start), period, dimensions, annoy_metric)
+                self._load(manifest, layout.index_key(step, period.start), period,
+                           (int(np.searchsorted(sorted_years, period.start)),
+                            int(np.searchsorted(sorted_years, period.end, side="right"))),
+                           dimensions, annoy_metric)
                 for period in periods_between(*(self.years or (0, -1)), step)]
         _ = "" in store  # reads the items and their urns now, not in a first query
         self.vectors = np.asarray(descriptors)  # a plain ndarray: no np.memmap overhead per gather
 
-    def _load(self, manifest: dict, key: str, period: Period | None, dimensions: int,
+    def _load(self, manifest: dict, key: str, period: Period | None, span: tuple[int, int], dimensions: int,
               annoy_metric: str) -> Index:
         """One index, its files checked first. A period small enough to be searched exhaustively
-        needs only its rows: its Annoy file and scan matrix are not opened (two fewer file
-        descriptors per period; a timeline of 1,500 thin years has 1,500 such periods)."""
+        needs only its rows: its Annoy file is not opened (one file descriptor fewer per period; a
+        timeline of 1,500 thin years has 1,500 such periods)."""
         entry = layout.check_entry(self.index_dir, key, manifest["indices"].get(key, {"count": None}))
+        if span[1] - span[0] != entry["count"]:
+            raise layout.IndexDamaged(f"{self.index_dir}: index {key} holds {entry['count']} items, the "
+                                      f"store {span[1] - span[0]} in its years; {layout.REBUILD}")
         if not entry["count"]:
-            return Index(period, np.zeros(0, dtype=np.int64), None, None)
-        problem = layout.damage(self.index_dir, entry)
+            return Index(period, np.zeros(0, dtype=np.int64), None, span)
+        problem = layout.damage(self.index_dir, {kind: value for kind, value in entry.items()
+                                                 if kind != "scan"})  # (older builds' scan files: unread)
         if problem is not None:
             raise layout.IndexDamaged(f"{self.index_dir}: index {key}: {problem}; rebuild it with: python "
                                       f"annoy_indexer.py build VECTOR_DIR {self.index_dir}")
@@ -188,11 +232,10 @@ class SearchCore:
             raise layout.IndexDamaged(f"{self.index_dir / entry['rows']}: not the rows of {entry['count']} "
                                       f"items of this store ({self.store.count} rows); rebuild with --force")
         if len(rows) <= self.settings.brute_force_max_rows:
-            return Index(period, rows, None, None)
-        scan = np.load(self.index_dir / entry["scan"], mmap_mode="r") if "scan" in entry else None
+            return Index(period, rows, None, span)
         index = AnnoyIndex(dimensions, annoy_metric)
         index.load(str(self.index_dir / entry["annoy"]))  # memory-mapped: read as searches touch them
-        return Index(period, rows, index, None if scan is None else np.asarray(scan))
+        return Index(period, rows, index, span)
 
     @property
     def keys(self) -> list[str]:
@@ -210,61 +253,97 @@ class SearchCore:
 
     def _query(self, descriptor: np.ndarray, row: int = -1) -> Query:
         projected = self.projection.query(descriptor)
-        return Query(row, descriptor, projected.tolist(), self.projection.scan_query(projected))
+        return Query(row, descriptor, projected, projected.tolist())
 
     def search(self, query: Query, plan: dict[str, int],
                include_self: bool = False) -> dict[str, list[PeriodHits]]:
         """The nearest rows to `query` in every period of each key of `plan` ("all" or a step size, as a
         string), `plan[key]` of them per period, best first; the query's own row is left out, unless
-        `include_self` puts it in its own periods where its distance ranks it (the original Siamese did)."""
+        `include_self` puts it in its own periods where its distance ranks it (the original Siamese did).
+
+        Every index to be scanned is scanned in one pass over the codes, first; an index that would use
+        its trees but whose rows that pass covered takes its candidates from the scores instead."""
+        routes = {key: [self._route(index, n) for index in self.indices[key]] for key, n in plan.items()}
+        spans = [index.span for key in plan
+                 for index, route in zip(self.indices[key], routes[key], strict=True) if route.how == SCAN]
+        covering = (min(start for start, _ in spans), max(stop for _, stop in spans)) if spans else (0, 0)
+        if spans and not query.has_scanned(covering):
+            assert self.codes is not None
+            query.scored = covering
+            query.scores = self.codes.scores(query.projected, *covering, threads=self.settings.threads)
         results = {}
         for key, n in plan.items():
             indices = self.indices[key]
+            parts = [self._candidates(query, index, route) for index, route in zip(indices, routes[key],
+                                                                                     strict=True)]
             hits = [PeriodHits(index.period, rows, distances) for index, (rows, distances)
-                    in zip(indices, self._nearest(query, indices, n), strict=True)]
+                    in zip(indices, self._rank(query, parts, n), strict=True)]
             if include_self and query.row >= 0:
                 self._add_self(query, hits, n)
             results[key] = hits
         return results
 
-    def _nearest(self, query: Query, indices: list[Index], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The n nearest rows (and exact distances) to the query in each index, best first, itself excluded.
+    def _route(self, index: Index, n: int) -> Route:
+        """How an index gives its candidates: the cheapest way for its size (see the module doc)."""
+        settings, size = self.settings, len(index.rows)
+        n_candidates = settings.n_candidates(n, size, self.metric)
+        search_k = settings.search_k_for(n_candidates)
+        n_candidates = int(n_candidates * self.candidate_multiplier)
+        if size <= max(settings.brute_force_max_rows, n_candidates):
+            how = ALL_ROWS
+        elif size <= settings.scan_below * search_k or index.annoy is None:
+            how = ALL_ROWS if self.codes is None else SCAN
+        else:
+            how = TREES
+        return Route(how, n_candidates, search_k)
 
-        Each index gives candidates the cheapest way (see the module doc); then the candidates of all the
-        indices are re-ranked exactly in one go.
-        """
-        settings, metric = self.settings, self.metric
-        parts = []
-        for index in indices:
-            size = len(index.rows)
-            n_candidates = settings.n_candidates(n, size, metric)
-            search_k = settings.search_k_for(n_candidates)
-            n_candidates = int(n_candidates * self.candidate_multiplier)
-            if size <= max(settings.brute_force_max_rows, n_candidates) or (
-                    index.scan is None and size <= settings.scan_below * search_k):
-                parts.append(index.rows)
-            elif size <= settings.scan_below * search_k:
-                scores = index.scan @ query.scan
-                parts.append(index.rows[np.argpartition(scores, n_candidates - 1)[:n_candidates]])
-            else:
-                found = index.annoy.get_nns_by_vector(query.annoy, n_candidates, search_k)
-                parts.append(index.rows[found])
-        candidates = np.concatenate(parts)
+    def _candidates(self, query: Query, index: Index, route: Route) -> np.ndarray:
+        """The store rows among which the index's nearest to the query are (the query's own row too)."""
+        how = SCAN if route.how == TREES and query.has_scanned(index.span) else route.how
+        if how == ALL_ROWS:
+            return index.rows
+        if how == SCAN:
+            assert self.codes is not None and query.scores is not None
+            offset = index.span[0] - query.scored[0]
+            scores = query.scores[offset:offset + len(index.rows)]
+            return self.codes.order[index.span[0] + smallest(scores, route.n_candidates)]
+        found = index.annoy.get_nns_by_vector(query.annoy, route.n_candidates, route.search_k)
+        return index.rows[found]
+
+    def _rank(self, query: Query, parts: list[np.ndarray], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The n nearest of each part's candidates (rows and exact distances, best first, the query's own
+        row left out), all parts ranked in one go.
+
+        With int8 descriptor codes every candidate is ranked by them and only EXACT_PER_RESULT * n of
+        each part read their float32 descriptors; without, every candidate does (ranked the cheap way,
+        ranking_scores, then the n best measured exactly)."""
+        metric = self.metric
+        candidates = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         owner = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
         keep = candidates != query.row
         candidates, owner = candidates[keep], owner[keep]
-        vectors = np.take(self.vectors, candidates, axis=0)
-        order = np.lexsort((ranking_scores(vectors, query.vector, metric), owner))
-        boundaries = np.searchsorted(owner[order], np.arange(len(parts) + 1))
-        best = [order[start:min(stop, start + n)] for start, stop in zip(boundaries[:-1], boundaries[1:],
-                                                                            strict=True)]
-        kept = np.concatenate(best)
-        distances = exact_distances(vectors[kept], query.vector, metric)
+        if self.descriptor_codes is not None and metric != "manhattan":
+            scores = self.descriptor_codes.ranking_scores(query.vector, candidates)
+            boundaries = np.searchsorted(owner, np.arange(len(parts) + 1))  # parts are in order already
+            width = EXACT_PER_RESULT * n
+            best = [np.arange(start, stop) if stop - start <= width else
+                    start + np.argpartition(scores[start:stop], width - 1)[:width]
+                    for start, stop in zip(boundaries[:-1], boundaries[1:], strict=True)]
+            kept = np.concatenate(best) if best else np.zeros(0, np.int64)
+            distances = exact_distances(np.take(self.vectors, candidates[kept], axis=0), query.vector, metric)
+        else:
+            vectors = np.take(self.vectors, candidates, axis=0)
+            order = np.lexsort((ranking_scores(vectors, query.vector, metric), owner))
+            boundaries = np.searchsorted(owner[order], np.arange(len(parts) + 1))
+            best = [order[start:min(stop, start + n)] for start, stop in zip(boundaries[:-1], boundaries[1:],
+                                                                                strict=True)]
+            kept = np.concatenate(best) if best else np.zeros(0, np.int64)
+            distances = exact_distances(vectors[kept], query.vector, metric)
         results, start = [], 0
         for rows in best:
             found, start = distances[start:start + len(rows)], start + len(rows)
             order = closest_first(found, metric)
-            order = order[np.isfinite(found[order])]  # no answer carries a distance JSON cannot hold
+            order = order[np.isfinite(found[order])][:n]  # no answer carries a distance JSON cannot hold
             results.append((candidates[rows[order]], found[order]))
         return results
 

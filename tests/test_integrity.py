@@ -204,14 +204,20 @@ def damage_file(path: Path, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["zero", "truncate", "flip", "garbage"])
-@pytest.mark.parametrize("kind", ["annoy", "rows", "scan", "projection"])
+@pytest.mark.parametrize("kind", ["annoy", "rows", "projection", "codes/projection", "codes/extra",
+                                  "codes/descriptors", "codes/scales"])
 def test_a_damaged_index_file_is_refused_then_rebuilt_and_answers_stay_right(copy, histogram_collection,
                                                                             kind, how):
     vector_dir, index_dir = copy
     urns = histogram_collection.urns[::11]
     clean = answers(vector_dir, index_dir, urns)
     manifest = read_manifest(index_dir)
-    name = manifest["projection"]["file"] if kind == "projection" else manifest["indices"]["10/1950"][kind]
+    if kind == "projection":
+        name = manifest["projection"]["file"]
+    elif kind.startswith("codes/"):
+        name = manifest["codes"]["files"][kind.split("/")[1]]
+    else:
+        name = manifest["indices"]["10/1950"][kind]
     damage_file(index_dir / name, how)
     with pytest.raises(IndexDamaged, match=name.split(".")[0]):
         SearchCore(VectorStore(vector_dir), index_dir)
