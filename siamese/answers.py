@@ -49,10 +49,12 @@ def item_answer(store: VectorStore, row: int, vectors: bool = False) -> dict:
 
 
 def neighbour_list(store: VectorStore, rows: np.ndarray, distances: np.ndarray,
-                   vectors: bool = False, verification: Verification | None = None) -> list[dict]:
+                   vectors: bool = False, verification: Verification | None = None,
+                   items: dict[int, dict] | None = None) -> list[dict]:
     """The neighbours as the API shows them, best first; `vectors` adds each one's "vector", and a
-    neighbour checked for being a reprint gets "reprint" (true or false) and "inliers" after "distance"."""
-    items = store.items
+    neighbour checked for being a reprint gets "reprint" (true or false) and "inliers" after "distance".
+    `items`: their items, read already (store.items_of)."""
+    items = store.items_of(rows.tolist()) if items is None else items
     checks = verification.checks if verification is not None else {}
     found = []
     for row, distance in zip(rows.tolist(), distances.tolist(), strict=True):
@@ -90,7 +92,9 @@ def periods_answer(store: VectorStore, hits: dict[str, list[PeriodHits]], vector
             return None
         return int(((reprint_years >= period.start) & (reprint_years <= period.end)).sum())
 
+    items = store.items_of([row for periods in hits.values() for found in periods
+                            for row in found.rows.tolist()])  # parsed in one go
     return {key: [period_answer(found.period, neighbour_list(store, found.rows, found.distances, vectors,
-                                                             verification), count(found.period))
+                                                             verification, items), count(found.period))
                   for found in periods]
             for key, periods in hits.items()}

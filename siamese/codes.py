@@ -108,8 +108,10 @@ class ProjectionCodes:
     def scores(self, projected_query: np.ndarray, start: int, stop: int, threads: int = 1) -> np.ndarray:
         """Scores of the rows at positions [start, stop), ordered like their projected distance."""
         code, factor = query_code(projected_query[:self.codes.shape[1]], self.scales)
-        dots = int8_dots(code, self.codes[start:stop], threads)
-        return self.extra[start:stop] + np.float32(self.factor * factor) * dots
+        scores = int8_dots(code, self.codes[start:stop], threads)
+        scores *= np.float32(self.factor * factor)  # in place: 426,777 rows are 1.7 MB a pass
+        scores += self.extra[start:stop]
+        return scores
 
 
 @dataclass

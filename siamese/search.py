@@ -61,8 +61,9 @@ class SearchSettings:
     search_k_per_candidate : Annoy's own default, n_trees * n, is tuned for speed; re-ranking needs the
         true neighbours among the candidates, so a search collects this many items per candidate kept.
     scan_below : an index of fewer than scan_below * search_k items is scanned (its int8 codes, exact in
-        the projection, and cheaper there than a tree search that collects a good part of it anyway);
-        an index whose rows a query has scanned for another of its periods always is.
+        the projection); an index whose rows a query has scanned for another of its periods always is.
+        At 426,777 items scanning the whole collection took 4.1 ms, its trees 10.1 ms (same recall, 1.0),
+        so scans pay up to about a million items, where search_k is about 85,000.
     brute_force_max_rows : periods this small are searched exhaustively (exact and cheaper).
     candidate_multiplier : candidates kept for re-ranking, times n_candidates' count (the items a tree
         search collects do not change); None: 1 for raw descriptors, WHITENED_CANDIDATES for whitened
@@ -73,7 +74,7 @@ class SearchSettings:
 
     search_k: int | None = None
     search_k_per_candidate: int = 500
-    scan_below: int = 8
+    scan_below: int = 12
     brute_force_max_rows: int = 256
     candidate_multiplier: float | None = None
     threads: int = 1

@@ -276,6 +276,14 @@ class VectorStore:
         assert self._items is not None
         return self._items
 
+    def items_of(self, rows: Sequence[int]) -> dict[int, dict]:
+        """{row: item} for many rows at once (an answer's neighbours), parsed in one go."""
+        unique = list(dict.fromkeys(rows))
+        for row in unique:
+            if not 0 <= row < self.count:
+                raise IndexError(f"row {row} out of range for {self.count} items")
+        return dict(zip(unique, self.items.many(unique), strict=True))
+
     @property
     def urns(self) -> list[str]:
         self._load_items()
@@ -351,6 +359,12 @@ class _JsonLines(Sequence):
         if not 0 <= row < len(self):
             raise IndexError(f"row {index} out of range for {len(self)} items")
         return json.loads(self._data[self._offsets[row]:self._offsets[row + 1]])
+
+    def many(self, rows: Sequence[int]) -> list[dict]:
+        """The items of `rows` (valid row numbers), parsed in one go: an answer of 500 neighbours parsed
+        line by line spent 2.5 ms in json.loads' per-call overhead, as one JSON array 0.6 ms."""
+        data, offsets = self._data, self._offsets
+        return json.loads(b"[" + b",".join([data[offsets[row]:offsets[row + 1]] for row in rows]) + b"]")
 
 
 class VectorStoreWriter:
