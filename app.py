@@ -73,6 +73,7 @@ from siamese.params import (
     shorten,
 )
 from siamese.reprints import DEFAULT_CANDIDATES, MAX_CANDIDATES
+from siamese.thumbnails import percent_encoded
 from siamese.vector_store import StoreError
 from siamese.web import ApiError, App, error_body, json_answer, request_parameters, tag_answer
 
@@ -90,7 +91,7 @@ THUMBNAIL_VERSIONED = "public, max-age=31536000, immutable"  # thumbnail?urn=...
 def _thumbnail_query(urn: str) -> str:
     """The urn's thumbnail URL query (urn=...): percent-encoding is slow enough in Python to be a
     third of a timeline answer's time, and the same urns come back again and again."""
-    return urlencode({"urn": urn})
+    return urlencode({"urn": urn}) if " " in urn else f"urn={percent_encoded(urn)}"
 
 
 def info(collection: Collection) -> dict:

@@ -9,7 +9,8 @@ steps [10, 1] and measures, each phase in a fresh process so that its peak RSS i
 
   build      wall time of the whole build, split into the PCA projection, the whole-collection index and
              the indices of each step; index size on disk; peak RSS
-  query      latency p50/p99 of query(urn, n=10, step=1) (50 periods), step=10 (6 decades), query_all
+  query      latency p50/p99 of query(urn, n=10, step=1) (50 periods; also the search core alone, and
+             with the scan in 2 threads), step=10 (6 decades), query_all
              (both steps) and the whole-collection query, after a warm-up; peak RSS of a serving process
   recall@10  against exact brute force (float64) over the same periods, on --queries sampled items;
              with --sweep, recall and step-1 latency for each given search_k instead of the default
@@ -43,7 +44,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from annoy_indexer import AnnoyIndexer, read_manifest  # noqa: E402
+from annoy_indexer import AnnoyIndexer, SearchSettings, read_manifest  # noqa: E402
 from siamese.index_dir import read_transform  # noqa: E402
 from siamese.vector_store import VectorStore, VectorStoreWriter  # noqa: E402
 
@@ -193,11 +194,19 @@ def phase_query(args: argparse.Namespace) -> dict:
     vectors = indexer.collection().core.vectors
     for start in range(0, len(vectors), BATCH):
         float(vectors[start:start + BATCH].sum())
+    threaded = AnnoyIndexer(args.store, args.indices, step_sizes=STEPS, verbose=False,
+                            search_settings=SearchSettings(threads=2))
+    core = indexer.collection().core
+    rows_of = {urns[row]: int(row) for row in queries}
     calls = {"step 1 (50 periods)": lambda urn: indexer.query(urn, n=10, step=1),
+             "step 1, search core only (rows and distances, no answer dicts)":
+                 lambda urn: core.search(core.query_for_row(rows_of[urn]), {"1": 10}),
+             "step 1, scan in 2 threads": lambda urn: threaded.query(urn, n=10, step=1),
              "step 10 (6 periods)": lambda urn: indexer.query(urn, n=10, step=10),
              "query_all (steps 10+1)": lambda urn: indexer.query_all(urn, n_nns=10),
              "whole collection": lambda urn: indexer.query(urn, n=10)}
-    truth_of = {"step 1 (50 periods)": truth["1"], "step 10 (6 periods)": truth["10"],
+    truth_of = {"step 1 (50 periods)": truth["1"], "step 1, scan in 2 threads": truth["1"],
+                "step 10 (6 periods)": truth["10"],
                 "whole collection": truth["all"]}
     rows = []
     for name, call in calls.items():

@@ -12,10 +12,11 @@ collection, until --requests have been answered or --duration seconds have passe
 first (one run per --step; "all" is the whole collection). Prints a Markdown table: requests/s,
 latency percentiles and the count of errors (any status but 200, or a broken connection); then, for
 50 urns per step, the median answer size as JSON and gzipped, and how many repeated requests (with
-the ETag) got a 304.
+the ETag) got a 304; then the memory of each server process (resident, shared, private).
 
 The clients run in this process and the server in another, on the same machine: on 2 cores they
-compete for the CPU, so the figures are a lower bound of what a server with its own machine does.
+compete for the CPU (the table says how many cores the clients kept busy), so the figures are a lower
+bound of what a server with its own machine does.
 """
 
 from __future__ import annotations
@@ -171,11 +172,15 @@ def run(url: str, urns: list[str], clients: int, requests: int, duration: float,
 
     clients_on(Load(2 * clients, 30), 1000)  # connections opened, index pages touched: not counted
     load = Load(requests, duration)
+    before = os.times()
     seconds = clients_on(load, 0)
+    after = os.times()
     latencies = np.array(load.latencies) * 1000
     return {"step": "all" if step is None else step, "nns": nns, "clients": clients,
             "requests": len(latencies), "errors": len(load.errors), "seconds": seconds,
             "per_second": len(latencies) / seconds,
+            # the cores the clients themselves kept busy (they share the machine with the server)
+            "client_cores": (after.user + after.system - before.user - before.system) / seconds,
             "p50": float(np.percentile(latencies, 50)) if len(latencies) else float("nan"),
             "p90": float(np.percentile(latencies, 90)) if len(latencies) else float("nan"),
             "p99": float(np.percentile(latencies, 99)) if len(latencies) else float("nan"),
@@ -221,14 +226,49 @@ def sizes_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def process_memory(pid: int) -> dict[str, float]:
+    """MiB of a process from /proc/PID/smaps_rollup: resident, shared with other processes, private
+    (RSS minus shared pages: what the process alone holds), and the private part's anonymous memory."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            name, _, value = line.partition(":")
+            if value.strip().endswith("kB"):
+                fields[name] = int(value.split()[0]) / 1024
+    return {"rss": fields.get("Rss", 0.0),
+            "shared": fields.get("Shared_Clean", 0.0) + fields.get("Shared_Dirty", 0.0),
+            "private": fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0),
+            "anonymous": fields.get("Anonymous", 0.0)}
+
+
+def server_processes(pid: int) -> list[tuple[str, int]]:
+    """The server started and, with --workers above 1, its worker processes (its children)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [("server" if children else "server (serves itself)", pid),
+            *((f"worker {number}", int(child)) for number, child in enumerate(children, 1))]
+
+
+def memory_table(processes: list[tuple[str, dict[str, float]]]) -> str:
+    lines = ["| process | RSS MiB | shared MiB | private MiB (RSS minus shared) | of which anonymous MiB |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, memory in processes:
+        lines.append(f"| {name} | {memory['rss']:,.0f} | {memory['shared']:,.0f} | {memory['private']:,.0f} "
+                     f"| {memory['anonymous']:,.0f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| step | nns | clients | requests | errors | seconds | requests/s | p50 ms | p90 ms | p99 ms "
-             "| max ms |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| max ms | clients' own CPU (cores) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in rows:
         lines.append(f"| {row['step']} | {row['nns']} | {row['clients']} | {row['requests']} "
                      f"| {row['errors']} | {row['seconds']:.1f} | {row['per_second']:.0f} "
-                     f"| {row['p50']:.1f} | {row['p90']:.1f} | {row['p99']:.1f} | {row['max']:.1f} |")
+                     f"| {row['p50']:.1f} | {row['p90']:.1f} | {row['p99']:.1f} | {row['max']:.1f} "
+                     f"| {row['client_cores']:.2f} |")
     return "\n".join(lines)
 
 
@@ -277,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 if row["first_errors"]:
                     print(f"errors with step {row['step']}: {row['first_errors']}", file=sys.stderr)
             sizes = answer_sizes(url, urns, args.nns, steps)
+            memory = [(name, process_memory(pid)) for name, pid in server_processes(process.pid)] \
+                if process is not None else []
         finally:
             if process is not None:
                 process.terminate()
@@ -286,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print(sizes_table(sizes))
+    if memory:
+        print()
+        print("Memory of the server's processes after the runs (/proc/PID/smaps_rollup):")
+        print(memory_table(memory))
     if args.json:
         print(json.dumps(rows, indent=1))
     return 1 if any(row["errors"] for row in rows) else 0

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from urllib.parse import quote
 
 MAX_NAME_BYTES = 200
+_PLAIN = re.compile(r"[A-Za-z0-9_.~:-]*")  # what percent-encoding leaves alone, and ':'
+
+
+def percent_encoded(urn: str) -> str:
+    """quote(urn, safe=""), which is also what urlencode makes of it but for spaces, '+' there. Most urns
+    (ddd:010123456:mpeg21:a0001) need only their colons encoded: done by str.replace, 40 times faster
+    than quote(), which cost a timeline answer of 500 neighbours 8 ms for their thumbnails' names and
+    URLs at full scale (426,777 urns: no cache holds them all)."""
+    return urn.replace(":", "%3A") if _PLAIN.fullmatch(urn) else quote(urn, safe="")
 
 
 def thumbnail_filename(urn: str) -> str:
     """A file name for the urn's thumbnail that is safe on every file system and reversible."""
-    name = quote(urn, safe="-_.~")
+    name = percent_encoded(urn)
     if name.startswith("."):
         name = "%2E" + name[1:]
     if len(name.encode()) > MAX_NAME_BYTES:
@@ -27,22 +37,17 @@ def thumbnail_filename(urn: str) -> str:
 class Thumbnails:
     """A thumbnail folder as the web app reads it; the folder may be absent (the page shows placeholders).
 
-    Asked for every neighbour of every answer (150 of them for 10 per year over 15 years), so names
-    are cached and the file system is asked with one stat: thumbnails made while the server runs
-    appear, removed ones disappear.
+    Asked for every neighbour of every answer (500 of them for 10 per year over 50 years), so the
+    file system is asked with one stat and names are made the fast way (percent_encoded): thumbnails
+    made while the server runs appear, removed ones disappear.
     """
 
     def __init__(self, directory: str | os.PathLike | None) -> None:
         self.directory = None if directory is None else Path(directory)
-        self._names: dict[str, str] = {}
+        self._prefix = "" if directory is None else os.path.join(self.directory, "")
 
     def _file(self, urn: str) -> str:
-        name = self._names.get(urn)
-        if name is None:
-            name = thumbnail_filename(urn)
-            if len(self._names) < 1 << 16:
-                self._names[urn] = name
-        return os.path.join(self.directory, name)
+        return self._prefix + thumbnail_filename(urn)
 
     def exists(self, urn: str) -> bool:
         return self.directory is not None and os.path.isfile(self._file(urn))

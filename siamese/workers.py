@@ -21,6 +21,7 @@ every error in JSON. The parent here only starts, watches and stops children:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -90,6 +91,11 @@ def serve_forked(run_child: Callable[[], None], workers: int) -> int:
         raise _Stop
 
     previous = {number: signal.signal(number, stop) for number in (signal.SIGTERM, signal.SIGINT)}
+    # The parent's objects (the store's items, the urn table: tens of MiB at full scale) move to a
+    # generation the collector never visits, so that a child's collections do not write to their pages
+    # and copy them; the children share them for as long as they only read them.
+    gc.collect()
+    gc.freeze()
     quick_deaths = 0
     status = 0
     try:

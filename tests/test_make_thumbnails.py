@@ -73,3 +73,20 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
                              str(collection(tmp_path)), str(tmp_path / "t"), "--max-height", "0"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "max_height" in result.stderr
+
+
+def test_the_fast_path_names_urns_exactly_as_percent_encoding_does():
+    """Thumbnail names and URLs are a contract with the files already made: the str.replace shortcut for
+    plain urns must give what quote() and urlencode() give, for every kind of urn."""
+    from urllib.parse import quote, urlencode
+
+    from app import _thumbnail_query
+    from siamese.thumbnails import percent_encoded
+
+    urns = ["ddd:010123456:mpeg21:a0001", "urn:nbn:nl:ui:13-abc", "a_b.c~d-e", ".hidden", "", "a b/c",
+            "é:ü", "x?y&z=1#f", "100%", "+plus+", "tab\there", "emoji:google:1f600", "ddd::", "~"]
+    for urn in urns:
+        assert percent_encoded(urn) == quote(urn, safe="")
+        assert _thumbnail_query(urn) == urlencode({"urn": urn})
+    assert thumbnail_filename(".hidden") == "%2Ehidden.jpg"
+    assert thumbnail_filename("ddd:010:mpeg21:a0001") == "ddd%3A010%3Ampeg21%3Aa0001.jpg"
