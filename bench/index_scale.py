@@ -65,7 +65,7 @@ def memory_mib() -> dict[str, float]:
 
 
 def generate(store_dir: Path, n_items: int, dim: int, alpha: float, cluster_size: int, spread: float,
-             duplicates: float, seed: int = 0) -> None:
+             duplicates: float, seed: int = 0, model: str = "synthetic-power-law") -> None:
     """Write the synthetic collection into a real vector store, batch by batch."""
     rng = np.random.default_rng(seed)
     scale = (np.arange(1, dim + 1, dtype=np.float64) ** (-alpha / 2)).astype(np.float32)
@@ -73,7 +73,7 @@ def generate(store_dir: Path, n_items: int, dim: int, alpha: float, cluster_size
     n_clusters = max(1, n_items // cluster_size)
     centres = (rng.standard_normal((n_clusters, dim), dtype=np.float32) * scale) @ rotation
     cluster_years = rng.integers(FIRST_YEAR, LAST_YEAR + 1, n_clusters)
-    with VectorStoreWriter(store_dir, "synthetic-power-law", dim) as writer:
+    with VectorStoreWriter(store_dir, model, dim) as writer:
         for start in range(0, n_items, BATCH):
             count = min(BATCH, n_items - start)
             clusters = rng.integers(0, n_clusters, count)
@@ -274,6 +274,11 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.5,
                         help="cluster spread relative to the collection's")
     parser.add_argument("--duplicates", type=float, default=0.05, help="share of near-duplicates")
+    parser.add_argument("--model", default="synthetic-power-law",
+                        help="the model the store says its vectors are from (default: synthetic-power-law). "
+                             "inception-v3-2015 (with --dim 2048) lets a server on the store embed uploads "
+                             "(bench/serve_load.py --upload): their cost is real, their answers mean "
+                             "nothing, the vectors being synthetic")
     parser.add_argument("--phase", choices=["build", "query"], help=argparse.SUPPRESS)
     parser.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--indices", type=Path, help=argparse.SUPPRESS)
@@ -291,7 +296,7 @@ def main() -> None:
         started = time.perf_counter()
         if not (args.store / "store.json").exists():
             generate(args.store, args.n_items, args.dim, args.alpha, args.cluster_size, args.spread,
-                     args.duplicates)
+                     args.duplicates, model=args.model)
         print(f"store: {args.n_items} x {args.dim} in {time.perf_counter() - started:.0f} s "
               f"({disk_mib(args.store):.0f} MiB)", file=sys.stderr)
         queries = np.sort(np.random.default_rng(1).choice(args.n_items, args.queries, replace=False))

@@ -2,14 +2,15 @@
 
     python bench/serve_load.py [--data data/demo] [--clients 16] [--requests 3000] [--duration 60]
                                [--nns 10] [--step S ...] [--threads 8] [--workers 1]
-                               [--url http://127.0.0.1:PORT/]
+                               [--upload IMAGE ...] [--url http://127.0.0.1:PORT/]
 
 Starts `app.py` (--workers processes of --threads request threads) on a free port of 127.0.0.1 over
 the collection in --data (vectors/, indices-eucl/ or indices/, thumbnails/), unless --url names a server
 already running; only 127.0.0.1 / localhost are accepted. Then --clients threads, each with its own
 keep-alive connection, ask GET /api/neighbours?urn=U&nns=N[&step=S] for urns drawn at random from the
-collection, until --requests have been answered or --duration seconds have passed, whichever comes
-first (one run per --step; "all" is the whole collection). Prints a Markdown table: requests/s,
+collection (and, with --upload, POST /api/search with those images), until --requests have been
+answered or --duration seconds have passed, whichever comes first (one run per --step; "all" is
+the whole collection). Prints a Markdown table: requests/s,
 latency percentiles and the count of errors (any status but 200, or a broken connection); then, for
 50 urns per step, the median answer size as JSON and gzipped, and how many repeated requests (with
 the ETag) got a 304; then the memory of each server process (resident, shared, private).
@@ -130,22 +131,43 @@ class Load:
             return True
 
 
-def client(url: str, urns: list[str], nns: int, step: str | None, load: Load, seed: int) -> None:
+BOUNDARY = "siamese-serve-load-boundary"
+
+
+def upload_body(image: bytes, name: str, nns: int, step: str | None) -> bytes:
+    """POST /api/search's multipart/form-data body: the image as the file field 'image', nns, step."""
+    fields = {"nns": str(nns), **({} if step is None else {"step": step})}
+    parts = [f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+             for key, value in fields.items()]
+    parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + image + b"\r\n")
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+def client(url: str, urns: list[str], nns: int, step: str | None, load: Load, seed: int,
+           uploads: list[Path] | None = None) -> None:
+    """Ask until the load is done: GET /api/neighbours for random urns, or, with `uploads`, POST
+    /api/search with one of those images at random."""
     parts = urlsplit(url)
     rng = random.Random(seed)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
     base = parts.path.rstrip("/") + "/api/neighbours?"
+    bodies = [upload_body(path.read_bytes(), path.name, nns, step) for path in uploads or []]
     while load.take():
         query = {"urn": rng.choice(urns), "nns": nns}
         if step is not None:
             query["step"] = step
         started = time.perf_counter()
         try:
-            connection.request("GET", base + urlencode(query))
+            if bodies:
+                connection.request("POST", parts.path.rstrip("/") + "/api/search", body=rng.choice(bodies),
+                                   headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+            else:
+                connection.request("GET", base + urlencode(query))
             response = connection.getresponse()
             body = response.read()
             elapsed = time.perf_counter() - started
-            ok = response.status == 200 and body.startswith(b'{"urn"')
+            ok = response.status == 200 and body.startswith(b'{"urn"')  # (an upload's: {"urn": null, ...)
             with load.lock:
                 load.latencies.append(elapsed)
                 if not ok:
@@ -159,9 +181,9 @@ def client(url: str, urns: list[str], nns: int, step: str | None, load: Load, se
 
 
 def run(url: str, urns: list[str], clients: int, requests: int, duration: float, nns: int,
-        step: str | None) -> dict:
+        step: str | None, uploads: list[Path] | None = None) -> dict:
     def clients_on(load: Load, seed: int) -> float:
-        threads = [threading.Thread(target=client, args=(url, urns, nns, step, load, seed + i))
+        threads = [threading.Thread(target=client, args=(url, urns, nns, step, load, seed + i, uploads))
                    for i in range(clients)]
         started = time.perf_counter()
         for thread in threads:
@@ -176,7 +198,8 @@ def run(url: str, urns: list[str], clients: int, requests: int, duration: float,
     seconds = clients_on(load, 0)
     after = os.times()
     latencies = np.array(load.latencies) * 1000
-    return {"step": "all" if step is None else step, "nns": nns, "clients": clients,
+    return {"step": ("upload, " if uploads else "") + ("all" if step is None else step), "nns": nns,
+            "clients": clients,
             "requests": len(latencies), "errors": len(load.errors), "seconds": seconds,
             "per_second": len(latencies) / seconds,
             # the cores the clients themselves kept busy (they share the machine with the server)
@@ -292,12 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=8, help="waitress threads of the server started")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes of the server started (app.py --workers; default: 1)")
+    parser.add_argument("--upload", type=Path, nargs="+", metavar="IMAGE",
+                        help="also run each --step as uploads: POST /api/search with one of these images at "
+                             "random (the collection's model must be one the server can load)")
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.requests < 1 or not 0 < args.duration <= 600:
         parser.error("--clients and --requests must be at least 1, --duration from 0 to 600 seconds")
     if not all(re.fullmatch(r"(all|\d+)(,(all|\d+))*", step) for step in args.step):
         parser.error("--step takes 'all', whole numbers, or comma-separated lists of them (all,1)")
+    missing = [str(path) for path in args.upload or [] if not path.is_file()]
+    if missing:
+        parser.error(f"--upload takes image files; not a file: {', '.join(missing)}")
     steps = [None if step == "all" else step for step in args.step]
     if args.url and urlsplit(args.url).hostname not in LOCAL_HOSTS:
         parser.error("--url must be a server on this machine (127.0.0.1 or localhost)")
@@ -316,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 if row["first_errors"]:
                     print(f"errors with step {row['step']}: {row['first_errors']}", file=sys.stderr)
+            for step in steps if args.upload else []:
+                row = run(url, urns, args.clients, args.requests, args.duration, args.nns, step, args.upload)
+                rows.append(row)
+                if row["first_errors"]:
+                    print(f"errors with {row['step']}: {row['first_errors']}", file=sys.stderr)
             sizes = answer_sizes(url, urns, args.nns, steps)
             memory = [(name, process_memory(pid)) for name, pid in server_processes(process.pid)] \
                 if process is not None else []
