@@ -59,6 +59,7 @@ from siamese.assets import asset_dir
 from siamese.backbones import Embedder
 from siamese.cli import Parser
 from siamese.collection import Collection, CollectionError, LiveCollection, ReprintsUnavailable
+from siamese.embedding_service import EmbeddingService
 from siamese.original_api import add_original_routes
 from siamese.params import (
     DEFAULT_NNS,
@@ -382,7 +383,10 @@ def main(argv: list[str] | None = None) -> int:
                     "in a systemd unit)")
         print(f"app.py: error: {error}{hint}", file=sys.stderr)
         return 2
-    app = make_app(LiveCollection(collection), debug=args.debug)  # rebuilt indices picked up
+    # Several workers share one model, in a process of its own (siamese/embedding_service.py).
+    service = EmbeddingService(collection.model) if args.workers > 1 and not args.debug else None
+    app = make_app(LiveCollection(collection), debug=args.debug,  # rebuilt indices picked up
+                   embedder=service.embedder() if service is not None else None)
     upload.remove_stale_uploads()  # what a killed server left in the temporary folder
     serve_requests_in_parallel()
 
@@ -393,10 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         announce(args.host, args.port)
         bottle.run(app, host=args.host, port=args.port, debug=True)
-    elif args.workers > 1:
+    elif service is not None:
         # forked after the collection is open: the workers share its memory-mapped files
-        return serving.serve_workers(app, args.host, args.port, args.threads, args.workers,
-                                     on_listening=announce)
+        service.start()
+        try:
+            return serving.serve_workers(app, args.host, args.port, args.threads, args.workers,
+                                         on_listening=announce, on_other_exit=service.restart_if)
+        finally:
+            service.stop()
     else:
         # waitress, set up in siamese/serving.py: poll(), connection limits and timeouts, request sizes
         # refused before they are read, its own errors in JSON, malloc arenas bounded.

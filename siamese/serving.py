@@ -212,10 +212,10 @@ def _process_settings() -> None:
 
 def serve_workers(app: Callable, host: str, port: int, threads: int, workers: int, *,
                   ident: str = "siamese", on_listening: Callable[[str, int], None] | None = None,
-                  **adjustments: object) -> int:
+                  on_other_exit: Callable[[int], object] | None = None, **adjustments: object) -> int:
     """Serve `app` from `workers` forked processes sharing one socket (siamese/workers.py), each a
     waitress server as serve() makes it, until SIGTERM / SIGINT; the exit status to end with.
-    OSError when host:port cannot be bound."""
+    OSError when host:port cannot be bound. `on_other_exit`: see workers.serve_forked."""
     from siamese import workers as forking
 
     _process_settings()
@@ -229,7 +229,7 @@ def serve_workers(app: Callable, host: str, port: int, threads: int, workers: in
     if on_listening is not None:
         on_listening(host if host not in ("", "0.0.0.0", "::") else bound_host, bound_port)
     try:
-        return forking.serve_forked(run_child, workers)
+        return forking.serve_forked(run_child, workers, on_other_exit)
     finally:
         listener.close()
 

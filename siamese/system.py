@@ -57,6 +57,22 @@ def return_freed_memory() -> bool:
     return True
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_prctl = _glibc("prctl", [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong],
+                ctypes.c_int)
+
+
+def end_with_parent(parent: int, signal_number: int) -> bool:
+    """Have the kernel send `signal_number` to this process when its parent dies (a server killed with
+    SIGKILL must not leave workers serving its port); True where it could. `parent`: the pid this
+    process was forked from, checked after asking, since it may have died already."""
+    if _prctl is None or _prctl(PR_SET_PDEATHSIG, signal_number, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal_number)
+    return True
+
+
 def process_running(pid: int) -> bool:
     """Whether a process with this pid runs (as any user): its temporary files are still its own."""
     try:

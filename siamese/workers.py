@@ -15,7 +15,8 @@ every error in JSON. The parent here only starts, watches and stops children:
 
 * a child that dies (killed, crashed) is replaced at once; the others keep answering;
 * SIGTERM or SIGINT (Ctrl-C) stops the children (SIGTERM, then SIGKILL after STOP_SECONDS) and
-  returns; a child that cannot start (dies within a second, CRASH_LOOP times in a row) stops it all.
+  returns; a child that cannot start (dies within a second, CRASH_LOOP times in a row) stops it all;
+* a parent killed outright (SIGKILL) takes its children with it (Linux: the kernel sends them SIGTERM).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+
+from siamese.system import end_with_parent
 
 STOP_SECONDS = 10.0  # what a child gets to finish its requests after SIGTERM
 CRASH_LOOP = 5  # children in a row that die within a second of starting: a fault, not bad luck
@@ -56,11 +59,13 @@ def bind(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return listener
 
 
-def _child(run: Callable[[], None]) -> None:
-    """In a new child: default signal handling (SIGTERM ends it, Ctrl-C reaches it as KeyboardInterrupt),
-    then serve until stopped; never returns into the parent's code."""
+def _child(run: Callable[[], None], parent: int) -> None:
+    """In a new child: default signal handling (SIGTERM ends it, Ctrl-C reaches it as KeyboardInterrupt;
+    so does the parent's death, where the kernel can say), then serve until stopped; never returns into
+    the parent's code."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    end_with_parent(parent, signal.SIGTERM)
     status = 0
     try:
         run()
@@ -75,16 +80,19 @@ def _child(run: Callable[[], None]) -> None:
         os._exit(status)
 
 
-def serve_forked(run_child: Callable[[], None], workers: int) -> int:
+def serve_forked(run_child: Callable[[], None], workers: int,
+                 on_other_exit: Callable[[int], object] | None = None) -> int:
     """Fork `workers` children that each call `run_child()` (serve on the inherited socket until
     stopped); replace those that die; return 0 after SIGTERM / SIGINT once all are stopped, 1 when
-    children cannot start."""
+    children cannot start. `on_other_exit(pid)`: told when another child of this process exits (the
+    embedding process, siamese/embedding_service.py, which it starts again)."""
     children: dict[int, float] = {}  # pid -> when it started
 
     def start() -> None:
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _child(run_child)
+            _child(run_child, parent)
         children[pid] = time.monotonic()
 
     def stop(signum: int, frame: object) -> None:
@@ -105,6 +113,8 @@ def serve_forked(run_child: Callable[[], None], workers: int) -> int:
             pid, code = os.wait()
             started = children.pop(pid, None)
             if started is None:
+                if on_other_exit is not None:
+                    on_other_exit(pid)
                 continue
             quick_deaths = quick_deaths + 1 if time.monotonic() - started < 1.0 else 0
             how = (f"signal {os.WTERMSIG(code)}" if os.WIFSIGNALED(code)

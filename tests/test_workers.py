@@ -5,6 +5,7 @@ SIGTERM stops the parent and every worker."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -56,6 +57,22 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
+def is_embedding_process(pid: int) -> bool:
+    try:
+        return b"siamese.embedding_service" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def workers_of(pid: int) -> set[int]:
+    """The server's workers: its children but the embedding process."""
+    return {child for child in children_of(pid) if not is_embedding_process(child)}
+
+
+def embedding_process_of(pid: int) -> set[int]:
+    return {child for child in children_of(pid) if is_embedding_process(child)}
+
+
 def wait_for(condition, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not condition():
@@ -83,7 +100,7 @@ def workers_server(collection, directory: Path, workers: int = 2):
                 return False
 
         wait_for(answering, START_TIMEOUT, "the server did not answer")
-        wait_for(lambda: len(children_of(process.pid)) == workers, 30, f"{workers} workers did not start")
+        wait_for(lambda: len(workers_of(process.pid)) == workers, 30, f"{workers} workers did not start")
         yield process, port, log
     finally:
         if process.poll() is None:
@@ -112,7 +129,7 @@ def test_two_workers_answer_exactly_as_one_process_does(histogram_collection, tm
 def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(histogram_collection, tmp_path):
     path = f"/api/neighbours?{urlencode({'urn': histogram_collection.urns[3], 'step': 'all,1'})}"
     with workers_server(histogram_collection, tmp_path) as (process, port, log):
-        workers = children_of(process.pid)
+        workers = workers_of(process.pid)
         outcomes: list[int | str] = []
         done = threading.Event()
 
@@ -129,7 +146,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(histogram_c
             wait_for(lambda: len(outcomes) >= 20, 30, "20 answers did not come")
             victim = min(workers)
             os.kill(victim, signal.SIGKILL)
-            wait_for(lambda: victim not in children_of(process.pid) and len(children_of(process.pid)) == 2,
+            wait_for(lambda: victim not in workers_of(process.pid) and len(workers_of(process.pid)) == 2,
                      30, "the killed worker was not replaced")
             before = len(outcomes)
             wait_for(lambda: len(outcomes) >= before + 50, 60, "50 more answers did not come")
@@ -137,7 +154,7 @@ def test_a_killed_worker_is_replaced_while_the_other_keeps_answering(histogram_c
             done.set()
             client.join(timeout=30)
         assert process.poll() is None
-        replaced = children_of(process.pid)
+        replaced = workers_of(process.pid)
         assert len(replaced) == 2 and victim not in replaced and replaced & workers  # the other one stayed
         failures = [outcome for outcome in outcomes if outcome != 200]
         assert len(failures) <= 1, failures  # at most the one request the killed worker was answering
@@ -154,10 +171,84 @@ def alive(pid: int) -> bool:
 
 def test_sigterm_stops_the_parent_and_every_worker(histogram_collection, tmp_path):
     with workers_server(histogram_collection, tmp_path) as (process, port, _):
+        wait_for(lambda: len(embedding_process_of(process.pid)) == 1, 30, "no embedding process")
         workers = children_of(process.pid)
-        assert all(alive(pid) for pid in workers)
+        assert len(workers) == 3 and all(alive(pid) for pid in workers)  # 2 workers, 1 embedding process
         process.terminate()
         assert process.wait(timeout=30) == 0
     wait_for(lambda: not any(alive(pid) for pid in workers), 10, "the workers did not stop")
     with pytest.raises(OSError):
         get(port, "/api/collection", timeout=2)
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.new("RGB", (40, 30), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def post_upload(port: int, image: bytes, fields: dict[str, str], timeout: float = 60) -> tuple[int, bytes]:
+    boundary = "test-boundary"
+    body = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items())
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="q.png"\r\n'
+             "Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("POST", "/api/search", body=body,
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_workers_embed_uploads_in_one_process_of_their_own_and_answer_as_one_process_does(
+        histogram_collection, tmp_path):
+    one = webtest.TestApp(make_app(Collection(histogram_collection.vector_dir, histogram_collection.index_dir,
+                                              histogram_collection.thumbnail_dir)))
+    images = [png((200, 30, 30)), png((20, 20, 220)), png((250, 250, 250))]
+    with workers_server(histogram_collection, tmp_path) as (process, port, _):
+        wait_for(lambda: len(embedding_process_of(process.pid)) == 1, 30, "no embedding process")
+        for image in images * 2:  # both workers embed some
+            status, body = post_upload(port, image, {"nns": "4", "step": "all,1"})
+            expected = one.post("/api/search", {"nns": "4", "step": "all,1"},
+                                upload_files=[("image", "q.png", image, "image/png")])
+            assert (status, body) == (200, expected.body)
+        status, body = post_upload(port, b"not an image", {"nns": "4"})  # the worker decodes: its errors
+        assert status == 400 and b"image" in body
+
+
+def test_a_killed_embedding_process_is_started_again_and_uploads_go_on(histogram_collection, tmp_path):
+    image = png((120, 200, 40))
+    with workers_server(histogram_collection, tmp_path) as (process, port, log):
+        wait_for(lambda: len(embedding_process_of(process.pid)) == 1, 30, "no embedding process")
+        assert post_upload(port, image, {"nns": "3"})[0] == 200
+        (victim,) = embedding_process_of(process.pid)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: embedding_process_of(process.pid) - {victim}, 30, "no new embedding process")
+        status, body = post_upload(port, image, {"nns": "3"})
+        assert status == 200, body
+        assert f"the embedding process {victim} exited; starting another" in log.read_text()
+        assert len(workers_of(process.pid)) == 2  # the workers were not touched
+
+
+def test_a_killed_server_leaves_no_process_behind_and_its_port_free(histogram_collection, tmp_path):
+    with workers_server(histogram_collection, tmp_path) as (process, port, _):
+        wait_for(lambda: len(embedding_process_of(process.pid)) == 1, 30, "no embedding process")
+        children = children_of(process.pid)
+        try:
+            process.kill()  # no chance to stop anything
+            process.wait(timeout=10)
+            wait_for(lambda: not any(alive(pid) for pid in children), 10, "a child outlived its server")
+            with pytest.raises(OSError):
+                get(port, "/api/collection", timeout=2)
+        finally:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
