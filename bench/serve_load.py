@@ -265,13 +265,23 @@ def process_memory(pid: int) -> dict[str, float]:
 
 
 def server_processes(pid: int) -> list[tuple[str, int]]:
-    """The server started and, with --workers above 1, its worker processes (its children)."""
+    """The server started and, with --workers above 1, its worker processes and its embedding process
+    (its children)."""
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         children = []
+    def is_embedding_process(child: str) -> bool:
+        try:
+            return b"siamese.embedding_service" in Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            return False
+
+    embedding = [int(child) for child in children if is_embedding_process(child)]
+    workers = [int(child) for child in children if int(child) not in embedding]
     return [("server" if children else "server (serves itself)", pid),
-            *((f"worker {number}", int(child)) for number, child in enumerate(children, 1))]
+            *((f"worker {number}", child) for number, child in enumerate(workers, 1)),
+            *(("embedding process (the model)", child) for child in embedding)]
 
 
 def memory_table(processes: list[tuple[str, dict[str, float]]]) -> str:
