@@ -3,10 +3,13 @@
 #   make test   install the test dependencies and run the tests (the browser tests need chromium)
 #   make test-fast  the fast tier alone: no model, no browser, seconds (tests marked fast)
 #   make serve  the web app over the demo collection, once `make demo` has built it
+# demo and serve listen on HOST:PORT: make serve PORT=8091 HOST=0.0.0.0
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO = data/demo
+PORT ?= 8080
+HOST ?= 127.0.0.1
 
 .PHONY: install install-dev system-deps demo serve test test-fast clean-demo
 
@@ -35,11 +38,11 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install system-deps
-	bash demo/run_demo.sh $(DEMO)
+	PORT=$(PORT) HOST=$(HOST) bash demo/run_demo.sh $(DEMO)
 
 serve: install
 	$(BIN)/python app.py --vector-dir $(DEMO)/vectors --index-dir $(DEMO)/indices-eucl \
-		--thumbnails $(DEMO)/thumbnails
+		--thumbnails $(DEMO)/thumbnails --host $(HOST) --port $(PORT)
 
 test: install-dev system-deps
 	$(BIN)/python -m ruff check .

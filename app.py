@@ -367,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.images_root is not None and not Path(args.images_root).is_dir():
         parser.error(f"--images-root: no such folder: {args.images_root}")
+    if not args.debug:
+        try:
+            serving.check_listen_address(args.host, args.port)
+        except serving.ListenError as error:
+            print(f"app.py: error: {error}", file=sys.stderr)
+            return 2
     if args.thumbnails is None or not Path(args.thumbnails).is_dir():
         print(f"app.py: warning: no thumbnails{' in ' + args.thumbnails if args.thumbnails else ''}; "
               "make them with: python make_thumbnails.py METADATA_CSV THUMBNAIL_DIR", file=sys.stderr)
@@ -397,18 +403,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         announce(args.host, args.port)
         bottle.run(app, host=args.host, port=args.port, debug=True)
-    elif service is not None:
-        # forked after the collection is open: the workers share its memory-mapped files
-        service.start()
-        try:
-            return serving.serve_workers(app, args.host, args.port, args.threads, args.workers,
-                                         on_listening=announce, on_other_exit=service.restart_if)
-        finally:
-            service.stop()
-    else:
+        return 0
+    try:
+        if service is not None:
+            # forked after the collection is open: the workers share its memory-mapped files
+            service.start()
+            try:
+                return serving.serve_workers(app, args.host, args.port, args.threads, args.workers,
+                                             on_listening=announce, on_other_exit=service.restart_if)
+            finally:
+                service.stop()
         # waitress, set up in siamese/serving.py: poll(), connection limits and timeouts, request sizes
         # refused before they are read, its own errors in JSON, malloc arenas bounded.
         serving.serve(app, args.host, args.port, args.threads, on_listening=announce)
+    except serving.ListenError as error:  # taken meanwhile, by another server started since the check
+        print(f"app.py: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

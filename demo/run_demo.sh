@@ -14,6 +14,7 @@ $PY annoy_indexer.py build "$DATA/vectors" "$DATA/indices-eucl" --steps 10 1
 echo "Neighbours of the Google drawing of 'Grinning Face' (emoji:google:1f600), per decade:"
 $PY annoy_indexer.py query "$DATA/vectors" "$DATA/indices-eucl" emoji:google:1f600 --nns 3 --step 10
 PORT=${PORT:-8080}
-echo "Serving the search page at http://127.0.0.1:$PORT/?urn=emoji:google:1f600 (Ctrl-C stops it)"
+HOST=${HOST:-127.0.0.1}
+echo "Serving the search page at http://$HOST:$PORT/?urn=emoji:google:1f600 (Ctrl-C stops it)"
 exec $PY app.py --vector-dir "$DATA/vectors" --index-dir "$DATA/indices-eucl" \
-  --thumbnails "$DATA/thumbnails" --port "$PORT"
+  --thumbnails "$DATA/thumbnails" --host "$HOST" --port "$PORT"

@@ -27,9 +27,11 @@ What waitress's defaults did here, found by an adversarial run, and what this mo
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 
 from waitress.channel import HTTPChannel
@@ -64,6 +66,37 @@ logger = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ process settings
+
+class ListenError(OSError):
+    """The server cannot listen where it was told to; the message says why and which option to change."""
+
+
+def listen_error(host: str, port: int, error: OSError) -> ListenError:
+    """A one-line account of why host:port cannot be listened on."""
+    where = f"{host}:{port}"
+    if isinstance(error, socket.gaierror):
+        return ListenError(f"cannot listen on {where}: unknown host {host!r} ({error.strerror}); "
+                           "check --host (127.0.0.1: this machine only, 0.0.0.0: every address)")
+    reasons = {errno.EADDRINUSE: "the port is in use (another server there?); choose another --port",
+               errno.EACCES: "permission denied (ports below 1024 need privileges); choose a --port "
+                             "above 1023",
+               errno.EADDRNOTAVAIL: "this machine has no such address; check --host"}
+    return ListenError(f"cannot listen on {where}: "
+                       f"{reasons.get(error.errno, error.strerror or str(error))}")
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """ListenError when host:port cannot be bound now (checked before the collection is opened, which
+    takes a while: a busy port is said in a line at once, not after minutes, nor as a traceback)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+            probe.bind(address)
+    except OSError as error:
+        raise listen_error(host, port, error) from None
+
 
 def raise_open_file_limit() -> int | None:
     """Raise this process's soft limit of open files (RLIMIT_NOFILE) to its hard limit; the soft limit
@@ -215,11 +248,14 @@ def serve_workers(app: Callable, host: str, port: int, threads: int, workers: in
                   on_other_exit: Callable[[int], object] | None = None, **adjustments: object) -> int:
     """Serve `app` from `workers` forked processes sharing one socket (siamese/workers.py), each a
     waitress server as serve() makes it, until SIGTERM / SIGINT; the exit status to end with.
-    OSError when host:port cannot be bound. `on_other_exit`: see workers.serve_forked."""
+    ListenError when host:port cannot be bound. `on_other_exit`: see workers.serve_forked."""
     from siamese import workers as forking
 
     _process_settings()
-    listener = forking.bind(host, port)
+    try:
+        listener = forking.bind(host, port)
+    except OSError as error:
+        raise listen_error(host, port, error) from None
     bound_host, bound_port = listener.getsockname()[:2]
 
     def run_child() -> None:
@@ -240,7 +276,10 @@ def serve(app: Callable, host: str, port: int, threads: int, *, ident: str = "si
     open-file limit), then create_server(). `on_listening(host, port)`: called once listening, with the
     port bound (the one chosen when `port` is 0)."""
     _process_settings()
-    server = create_server(app, host, port, threads, ident=ident, **adjustments)
+    try:
+        server = create_server(app, host, port, threads, ident=ident, **adjustments)
+    except OSError as error:
+        raise listen_error(host, port, error) from None
     limit = server.adj.connection_limit
     if limit < CONNECTION_LIMIT and "connection_limit" not in adjustments:
         logger.warning("the open-file limit leaves room for %d connections at once (not %d); raise it "

@@ -252,3 +252,40 @@ def test_a_killed_server_leaves_no_process_behind_and_its_port_free(histogram_co
             for pid in children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_busy_port_is_one_line_and_exit_status_2(histogram_collection, workers):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "app.py", "--vector-dir", str(histogram_collection.vector_dir), "--index-dir",
+             str(histogram_collection.index_dir), "--thumbnails", str(histogram_collection.thumbnail_dir),
+             "--port", str(port), "--workers", str(workers)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"app.py: error: cannot listen on 127.0.0.1:{port}: the port is "
+                                        "in use (another server there?); choose another --port"]
+    assert done.stdout == ""
+
+
+def test_an_unknown_host_is_one_line_and_exit_status_2(histogram_collection):
+    done = subprocess.run(
+        [sys.executable, "app.py", "--vector-dir", str(histogram_collection.vector_dir), "--index-dir",
+         str(histogram_collection.index_dir), "--host", "no-such-host.invalid"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "unknown host 'no-such-host.invalid'" in done.stderr and "--host" in done.stderr
+
+
+def test_make_serve_and_make_demo_listen_where_port_and_host_say():
+    wanted = {"serve": "--host 0.0.0.0 --port 8091", "demo": "PORT=8091 HOST=0.0.0.0 bash"}
+    for target, expected in wanted.items():
+        done = subprocess.run(["make", "-n", target, "PORT=8091", "HOST=0.0.0.0"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stdout.replace("\\\n", " ").replace("\t", " ")
+    script = (ROOT / "demo" / "run_demo.sh").read_text()
+    assert '--host "$HOST" --port "$PORT"' in script
