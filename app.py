@@ -56,7 +56,7 @@ import bottle
 
 from siamese import serving, upload
 from siamese.assets import asset_dir
-from siamese.backbones import Embedder
+from siamese.backbones import Embedder, show_tensorflow_logs
 from siamese.cli import Parser
 from siamese.collection import Collection, CollectionError, LiveCollection, ReprintsUnavailable
 from siamese.embedding_service import EmbeddingService
@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                              "process, as before")
     parser.add_argument("--debug", action="store_true",
                         help="Bottle's single-threaded development server, tracebacks in 500 answers")
+    parser.add_argument("--verbose", action="store_true",
+                        help="TensorFlow's own log lines too (when the first upload loads the model)")
     args = parser.parse_args(argv)
     if not 0 <= args.port <= 65535:
         parser.error("--port must be from 0 to 65535")
@@ -367,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be at least 1")
     if args.images_root is not None and not Path(args.images_root).is_dir():
         parser.error(f"--images-root: no such folder: {args.images_root}")
+    if args.verbose:
+        show_tensorflow_logs()
     if not args.debug:
         try:
             serving.check_listen_address(args.host, args.port)

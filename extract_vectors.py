@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from siamese.backbones import BACKBONES, DEFAULT_BACKBONE, BackboneError, Embedder, get_backbone
+from siamese.backbones import (
+    BACKBONES,
+    DEFAULT_BACKBONE,
+    BackboneError,
+    Embedder,
+    get_backbone,
+    show_tensorflow_logs,
+)
 from siamese.cli import Parser, run_command, write_csv_report
 from siamese.images import INPUT_MODES, ImageRejected, check_input_mode, load_model_input
 from siamese.metadata import MetadataError, Record, read_metadata
@@ -192,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="image-decoding threads (default: cores + 2, at most 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--verbose", action="store_true", help="TensorFlow's own log lines too")
     return parser
 
 
@@ -206,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--weights: no such file: {args.weights}")
     if args.images_root is not None and not Path(args.images_root).is_dir():
         parser.error(f"--images-root: no such folder: {args.images_root}")
+    if args.verbose:
+        show_tensorflow_logs()
 
     def command() -> int:
         report = extract_vectors(args.metadata_csv, args.vector_dir, images_root=args.images_root,

@@ -8,6 +8,7 @@ there. Models are built lazily: importing this module does not import TensorFlow
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,38 @@ class BackboneError(RuntimeError):
     """A model cannot be loaded here (weights missing, no internet, unknown name)."""
 
 
+TENSORFLOW_LOGS = "SIAMESE_TENSORFLOW_LOGS"  # "1": TensorFlow's own log lines shown (--verbose sets it)
+
+
+def show_tensorflow_logs() -> None:
+    """What the tools' --verbose does: TensorFlow's log lines on the terminal, in this process and the
+    processes it starts (the server's embedding process)."""
+    os.environ[TENSORFLOW_LOGS] = "1"
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow without the lines it writes to the terminal on every run (oneDNN, absl's
+    "before InitializeLog"), which TensorFlow 2.21 writes whatever TF_CPP_MIN_LOG_LEVEL says: the
+    process's stderr goes to /dev/null while it is imported (a failing import still raises). After
+    that, TF_CPP_MIN_LOG_LEVEL=2 keeps its info and warnings off. Unless show_tensorflow_logs()."""
+    if os.environ.get(TENSORFLOW_LOGS) == "1":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 @dataclass(frozen=True)
 class Backbone:
     name: str
@@ -33,7 +66,8 @@ class Backbone:
 
     def load(self, weights: str | os.PathLike | None = None) -> Embedder:
         """Build the model once; the returned function embeds uint8 batches."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not ours
+        if self.name != "colour-histogram":  # every other model is TensorFlow's
+            import_tensorflow_quietly()
         return self.loader(None if weights is None else os.fspath(weights))
 
 

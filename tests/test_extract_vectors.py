@@ -150,3 +150,17 @@ def test_cli_refuses_to_mix_models_in_one_store(tmp_path: Path):
     result = run_cli(str(tmp_path / "m.csv"), str(tmp_path / "v"))
     assert result.returncode == 2 and "some-other-model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_tensorflow_lines_on_the_terminal_unless_verbose(pairs_csv, tmp_path: Path):
+    """TensorFlow writes its start-up lines (oneDNN, absl) whatever TF_CPP_MIN_LOG_LEVEL says: a
+    --quiet run prints nothing on stderr, and only its summary; --verbose shows TensorFlow's lines."""
+    lines = pairs_csv.read_text().splitlines()
+    two = tmp_path / "two.csv"
+    two.write_text("\n".join(lines[:3]) + "\n")
+    quiet = run_cli(str(two), str(tmp_path / "quiet"), "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert quiet.stdout.startswith("stored 2 new vectors") and len(quiet.stdout.splitlines()) == 1
+    verbose = run_cli(str(two), str(tmp_path / "verbose"), "--quiet", "--verbose")
+    assert verbose.returncode == 0
+    assert any(mark in verbose.stderr for mark in ("oneDNN", "absl", "tensorflow", "I0000")), verbose.stderr
