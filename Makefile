@@ -42,7 +42,7 @@ demo: install system-deps
 
 serve: install
 	$(BIN)/python app.py --vector-dir $(DEMO)/vectors --index-dir $(DEMO)/indices-eucl \
-		--thumbnails $(DEMO)/thumbnails --host $(HOST) --port $(PORT)
+		--thumbnails $(DEMO)/thumbnails --host $(HOST) --port $(PORT) --preload-model
 
 test: install-dev system-deps
 	$(BIN)/python -m ruff check .

@@ -59,7 +59,7 @@ from siamese.assets import asset_dir
 from siamese.backbones import Embedder, show_tensorflow_logs
 from siamese.cli import Parser
 from siamese.collection import Collection, CollectionError, LiveCollection, ReprintsUnavailable
-from siamese.embedding_service import EmbeddingService
+from siamese.embedding_service import EmbeddingService, preload
 from siamese.original_api import add_original_routes
 from siamese.params import (
     DEFAULT_NNS,
@@ -358,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                              "process, as before")
     parser.add_argument("--debug", action="store_true",
                         help="Bottle's single-threaded development server, tracebacks in 500 answers")
+    parser.add_argument("--preload-model", action="store_true",
+                        help="load the collection's model when the server starts (seconds, in the "
+                             "background), so that the first upload is as fast as the others; without it "
+                             "the first upload loads it")
     parser.add_argument("--verbose", action="store_true",
                         help="TensorFlow's own log lines too (when the first upload loads the model)")
     args = parser.parse_args(argv)
@@ -394,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.py: error: {error}{hint}", file=sys.stderr)
         return 2
     # Several workers share one model, in a process of its own (siamese/embedding_service.py).
-    service = EmbeddingService(collection.model) if args.workers > 1 and not args.debug else None
+    service = EmbeddingService(collection.model, preload=args.preload_model) \
+        if args.workers > 1 and not args.debug else None
+    if args.preload_model and service is None:
+        preload(collection.model)  # in this process, which embeds its uploads itself
     app = make_app(LiveCollection(collection), debug=args.debug,  # rebuilt indices picked up
                    embedder=service.embedder() if service is not None else None)
     upload.remove_stale_uploads()  # what a killed server left in the temporary folder

@@ -17,4 +17,4 @@ PORT=${PORT:-8080}
 HOST=${HOST:-127.0.0.1}
 echo "Serving the search page at http://$HOST:$PORT/?urn=emoji:google:1f600 (Ctrl-C stops it)"
 exec $PY app.py --vector-dir "$DATA/vectors" --index-dir "$DATA/indices-eucl" \
-  --thumbnails "$DATA/thumbnails" --host "$HOST" --port "$PORT"
+  --thumbnails "$DATA/thumbnails" --host "$HOST" --port "$PORT" --preload-model

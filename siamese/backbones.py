@@ -37,8 +37,9 @@ def show_tensorflow_logs() -> None:
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow without the lines it writes to the terminal on every run (oneDNN, absl's
     "before InitializeLog"), which TensorFlow 2.21 writes whatever TF_CPP_MIN_LOG_LEVEL says: the
-    process's stderr goes to /dev/null while it is imported (a failing import still raises). After
-    that, TF_CPP_MIN_LOG_LEVEL=2 keeps its info and warnings off. Unless show_tensorflow_logs()."""
+    process's stderr goes to /dev/null while it is imported (a failing import still raises; what other
+    threads write to stderr in those seconds is lost too). After that, TF_CPP_MIN_LOG_LEVEL=2 keeps its
+    info and warnings off. Unless show_tensorflow_logs()."""
     if os.environ.get(TENSORFLOW_LOGS) == "1":
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

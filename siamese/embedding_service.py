@@ -9,8 +9,9 @@ Unix socket, and gets the vector back. The process:
 
 * is a fresh interpreter (`python -m siamese.embedding_service`), not a fork: TensorFlow's threads do
   not survive a fork, and the workers' memory stays free of it;
-* loads the model on its first upload and embeds one image at a time (the model already uses every
-  core for one), answering each worker's connection on a thread of its own;
+* loads the model on its first upload (at start with `app.py --preload-model`) and embeds one image
+  at a time (the model already uses every core for one), answering each worker's connection on a
+  thread of its own;
 * is authenticated (a random key, the socket in a private 0700 folder), started again by the parent
   when it dies (uploads meanwhile answer 503 "try again"), and exits when its parent is gone.
 """
@@ -79,8 +80,9 @@ class EmbeddingService:
     """The embedding process of a server: start() it before forking workers, give them embedder(),
     restart_if(pid) when a child exits, stop() at the end."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, preload: bool = False) -> None:
         self.model = model
+        self.preload = preload  # load the model when the process starts, not on the first upload
         self._directory = tempfile.mkdtemp(prefix="siamese-embedding-")  # 0700: only this user
         self.address = os.path.join(self._directory, "socket")
         self._authkey = os.urandom(32)
@@ -90,7 +92,8 @@ class EmbeddingService:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.address)  # a dead process's socket
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "siamese.embedding_service", self.address, self.model, str(os.getpid())],
+            [sys.executable, "-m", "siamese.embedding_service", self.address, self.model, str(os.getpid()),
+             "preload" if self.preload else "lazy"],
             stdin=subprocess.PIPE, start_new_session=True)  # its own session: Ctrl-C reaches the parent
         assert self.process.stdin is not None
         self.process.stdin.write(self._authkey.hex().encode())
@@ -142,10 +145,23 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def serve(address: str, authkey: bytes, model: str, parent: int) -> None:
+def preload(model: str) -> None:
+    """Load the model now, on a thread of its own, so that the first upload is as fast as the others
+    (an upload arriving meanwhile waits for this load, not for a second one)."""
+    def load() -> None:
+        try:
+            shared_embedder(model)
+        except Exception as error:  # noqa: BLE001 - the first upload says it again, as a 503
+            logger.warning("the model could not be loaded: %s", error)
+    threading.Thread(target=load, name="preload-model", daemon=True).start()
+
+
+def serve(address: str, authkey: bytes, model: str, parent: int, load_now: bool = False) -> None:
     """The embedding process: answer connections until terminated or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops it (SIGTERM)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    if load_now:
+        preload(model)
     with Listener(address, family="AF_UNIX", authkey=authkey) as listener:
         while True:
             try:
@@ -157,4 +173,5 @@ def serve(address: str, authkey: bytes, model: str, parent: int) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    serve(sys.argv[1], bytes.fromhex(sys.stdin.read().strip()), sys.argv[2], int(sys.argv[3]))
+    serve(sys.argv[1], bytes.fromhex(sys.stdin.read().strip()), sys.argv[2], int(sys.argv[3]),
+          load_now=sys.argv[4] == "preload")

@@ -82,12 +82,12 @@ def wait_for(condition, seconds: float, what: str) -> None:
 
 
 @contextmanager
-def workers_server(collection, directory: Path, workers: int = 2):
+def workers_server(collection, directory: Path, workers: int = 2, extra: tuple[str, ...] = ()):
     port = free_port()
     log = directory / f"server-{port}.log"
     command = [sys.executable, "app.py", "--vector-dir", str(collection.vector_dir), "--index-dir",
                str(collection.index_dir), "--thumbnails", str(collection.thumbnail_dir), "--port", str(port),
-               "--threads", "4", "--workers", str(workers)]
+               "--threads", "4", "--workers", str(workers), *extra]
     with open(log, "wb") as output:
         process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=output, stderr=output)
     try:
@@ -100,7 +100,8 @@ def workers_server(collection, directory: Path, workers: int = 2):
                 return False
 
         wait_for(answering, START_TIMEOUT, "the server did not answer")
-        wait_for(lambda: len(workers_of(process.pid)) == workers, 30, f"{workers} workers did not start")
+        forked = workers if workers > 1 else 0  # one worker: the server serves itself
+        wait_for(lambda: len(workers_of(process.pid)) == forked, 30, f"{workers} workers did not start")
         yield process, port, log
     finally:
         if process.poll() is None:
@@ -281,11 +282,48 @@ def test_an_unknown_host_is_one_line_and_exit_status_2(histogram_collection):
 
 
 def test_make_serve_and_make_demo_listen_where_port_and_host_say():
-    wanted = {"serve": "--host 0.0.0.0 --port 8091", "demo": "PORT=8091 HOST=0.0.0.0 bash"}
+    wanted = {"serve": "--host 0.0.0.0 --port 8091 --preload-model", "demo": "PORT=8091 HOST=0.0.0.0 bash"}
     for target, expected in wanted.items():
         done = subprocess.run(["make", "-n", target, "PORT=8091", "HOST=0.0.0.0"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout.replace("\\\n", " ").replace("\t", " ")
     script = (ROOT / "demo" / "run_demo.sh").read_text()
-    assert '--host "$HOST" --port "$PORT"' in script
+    assert '--host "$HOST" --port "$PORT" --preload-model' in script
+
+
+def tensorflow_in(pid: int) -> bool:
+    """Whether the process has TensorFlow's library mapped (the model loaded)."""
+    try:
+        return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def test_workers_never_load_the_model_the_embedding_process_does_once(app_collection, tmp_path, emoji_pairs,
+                                                                    emoji_metadata):
+    image = (emoji_metadata.parent / emoji_pairs[0][0]["path"]).read_bytes()
+    with workers_server(app_collection, tmp_path) as (process, port, _):
+        wait_for(lambda: len(embedding_process_of(process.pid)) == 1, 30, "no embedding process")
+        (embedding,) = embedding_process_of(process.pid)
+        assert not tensorflow_in(embedding)  # loaded by the first upload, not before
+        for _ in range(3):
+            status, body = post_upload(port, image, {"nns": "3"}, timeout=180)
+            assert status == 200, body
+        assert tensorflow_in(embedding)
+        assert not any(tensorflow_in(worker) for worker in workers_of(process.pid) | {process.pid})
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_preload_model_loads_it_at_start_where_uploads_are_embedded(app_collection, tmp_path, emoji_pairs,
+                                                                   emoji_metadata, workers):
+    with workers_server(app_collection, tmp_path, workers, ("--preload-model",)) as (process, port, _):
+        if workers > 1:
+            wait_for(lambda: len(embedding_process_of(process.pid)) == 1, 30, "no embedding process")
+            (embedding,) = embedding_process_of(process.pid)
+        else:
+            embedding = process.pid
+        wait_for(lambda: tensorflow_in(embedding), 180, "the model was not loaded at start")
+        image = (emoji_metadata.parent / emoji_pairs[1][1]["path"]).read_bytes()
+        status, body = post_upload(port, image, {"nns": "3"}, timeout=180)
+        assert status == 200, body
