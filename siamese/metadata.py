@@ -119,6 +119,7 @@ class _Lines:
         self.row: list[tuple[int, str]] = []
         self.width = 0  # fields of the header; 0: any field count
         self.max_lines = 1
+        self.delimiter = ","  # the header's: ',' or, for a header with none, ';' or a tab
 
     def __iter__(self) -> _Lines:
         return self
@@ -140,7 +141,7 @@ class _Lines:
         if len(row) > 1:
             if len(row) > self.max_lines:
                 raise _QuoteLeftOpen(f"not closed within {self.max_lines} lines")
-            if self.width and len(_fields_alone(text)) == self.width:
+            if self.width and len(_fields_alone(text, self.delimiter)) == self.width:
                 raise _QuoteLeftOpen(f"line {number} reads as a row of its own")
         return text
 
@@ -152,12 +153,12 @@ class _Lines:
         return len(self._again)
 
 
-def _fields_alone(text: str) -> list[str]:
+def _fields_alone(text: str, delimiter: str = ",") -> list[str]:
     """The fields of one physical line read on its own (a quote it opens ends with the line)."""
     try:
-        return next(csv.reader((text,)), [])
+        return next(csv.reader((text,), delimiter=delimiter), [])
     except csv.Error:  # a NUL before Python 3.11
-        return text.rstrip("\r\n").split(",")
+        return text.rstrip("\r\n").split(delimiter)
 
 
 def _shown(value: str | None) -> str | None:
@@ -167,7 +168,7 @@ def _shown(value: str | None) -> str | None:
 def _rows(lines: _Lines, names: list[str], csv_path: Path) -> Iterator[CsvRow]:
     """The rows after the header; every physical line is a row, part of one, or blank (checked)."""
     width = len(names)
-    reader = csv.reader(lines)
+    reader = csv.reader(lines, delimiter=lines.delimiter)
     expected = lines.count + 1  # the line after the header
     while True:
         lines.row = row = []
@@ -183,8 +184,8 @@ def _rows(lines: _Lines, names: list[str], csv_path: Path) -> Iterator[CsvRow]:
                        else f"not readable as CSV ({error})")
             lines.again(row[1:])  # read again: they are rows of their own
             del row[1:]
-            fields = [_shown(value) for value in _fields_alone(row[0][1])]
-            reader = csv.reader(lines)
+            fields = [_shown(value) for value in _fields_alone(row[0][1], lines.delimiter)]
+            reader = csv.reader(lines, delimiter=lines.delimiter)
         if row[0][0] != expected:
             raise MetadataError(f"{csv_path}: internal check failed: line {row[0][0]} was read where "
                                 f"line {expected} was expected; please report this with the CSV")
@@ -210,11 +211,33 @@ def _rows(lines: _Lines, names: list[str], csv_path: Path) -> Iterator[CsvRow]:
                             f"{expected - 1} accounted for; please report this with the CSV")
 
 
+def _other_delimiter(header: str) -> str:
+    """The delimiter of a header line with no comma: ';' (what spreadsheets write where the comma is the
+    decimal sign, as in the Netherlands) or a tab, whichever it has more of; ',' when neither."""
+    counts = {delimiter: header.count(delimiter) for delimiter in (";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _required_named(required: tuple[str, ...], columns: list[str]) -> list[str]:
+    """The header's names, a required column written in other case (URN, Path, Date) named as required
+    (a column named exactly so wins); other columns keep their names."""
+    named = list(columns)
+    for name in required:
+        if name not in named:
+            for index, column in enumerate(named):
+                if column.lower() == name and column not in required:
+                    named[index] = name
+                    break
+    return named
+
+
 @contextlib.contextmanager
 def csv_rows(csv_path: str | os.PathLike, required: tuple[str, ...]) -> Iterator[Iterator[CsvRow]]:
     """The CSV's rows (`CsvRow`s), header names stripped; MetadataError for a file that is unusable as a
-    whole (missing, no such columns, not UTF-8, a header left inside a quote). The one place a metadata
-    CSV is opened.
+    whole (missing, a folder, no such columns, not UTF-8, a header left inside a quote). The one place a
+    metadata CSV is opened. Fields are separated by commas, or by semicolons or tabs when the header
+    has no comma; the required columns may be written in any case (URN, Path, Date).
 
     No row swallows others: a quote left open (a row that would go on through lines that read as rows
     of their own, past MAX_RECORD_LINES lines, or to the end of the file) rejects the line that opened
@@ -222,6 +245,9 @@ def csv_rows(csv_path: str | os.PathLike, required: tuple[str, ...]) -> Iterator
     Every physical line is accounted for (a row, part of a quoted row, a rejected row, a blank line).
     """
     csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        raise MetadataError(f"{csv_path} is a folder; give the metadata CSV file itself (a header row "
+                            f"with {', '.join(required)})")
     if not csv_path.is_file():
         raise MetadataError(f"metadata CSV not found: {csv_path}")
     if csv.field_size_limit() < _CSV_NO_LIMIT:
@@ -235,7 +261,10 @@ def csv_rows(csv_path: str | os.PathLike, required: tuple[str, ...]) -> Iterator
                 raise MetadataError(
                     f'{csv_path}: the header row (line 1) opens a quote (") that it does not close; the '
                     f"header must be one line with {', '.join(required)}") from None
-            columns = [name.strip() for name in header]
+            if len(header) == 1 and not set(required) <= {header[0].strip()}:
+                lines.delimiter = _other_delimiter("".join(text for _, text in lines.row))
+                header = _fields_alone("".join(text for _, text in lines.row), lines.delimiter)
+            columns = _required_named(required, [name.strip() for name in header])
             missing = [name for name in required if name not in columns]
             if missing:
                 raise MetadataError(

@@ -71,3 +71,36 @@ def test_missing_columns_name_what_is_needed(tmp_path):
     (tmp_path / "latin1.csv").write_bytes("urn,path,date\nä,a.jpg,1950\n".encode("latin-1"))
     with pytest.raises(MetadataError, match="UTF-8"):
         read_metadata(tmp_path / "latin1.csv")
+
+
+def test_semicolon_and_tab_separated_csvs_are_read_like_comma_separated_ones(tmp_path):
+    """What a Dutch spreadsheet writes (the comma is the decimal sign there): fields split by ';', a
+    quoted field keeping its own ';' and ','; and a tab-separated export."""
+    semicolons = write(tmp_path, 'urn;path;date;title\nddd:1;a.jpg;1950-03-01;"Zeep; wit, fris"\n'
+                                 "ddd:2;b.jpg;1951;Kaas\n")
+    records, rejected = read_metadata(semicolons)
+    assert not rejected
+    assert [(r.urn, r.path, r.year, r.metadata) for r in records] == [
+        ("ddd:1", "a.jpg", 1950, {"title": "Zeep; wit, fris"}), ("ddd:2", "b.jpg", 1951, {"title": "Kaas"})]
+    tabs = tmp_path / "tabs.csv"
+    tabs.write_text("urn\tpath\tdate\nddd:3\tc d.jpg\t1952\n")
+    assert [(r.urn, r.path) for r in read_metadata(tabs)[0]] == [("ddd:3", "c d.jpg")]
+    extra = tmp_path / "extra.csv"  # a row with more fields than the header is still rejected
+    extra.write_text("urn;path;date\nddd:4;d.jpg;1953;surplus\nddd:5;e.jpg;1954\n")
+    records, rejected = read_metadata(extra)
+    assert [r.urn for r in records] == ["ddd:5"] and "more fields" in rejected[0].reason
+
+
+def test_required_columns_may_be_written_in_any_case(tmp_path):
+    records, _ = read_metadata(write(tmp_path, "URN,Path,Date,Title\nddd:1,a.jpg,1950,Zeep\n"))
+    assert [(r.urn, r.path, r.date, r.metadata) for r in records] == [
+        ("ddd:1", "a.jpg", "1950", {"Title": "Zeep"})]
+    both = tmp_path / "both.csv"  # a column named exactly so wins; the other is metadata
+    both.write_text("urn,URN,path,date\nddd:2,other,b.jpg,1951\n")
+    records, _ = read_metadata(both)
+    assert records[0].urn == "ddd:2" and records[0].metadata == {"URN": "other"}
+
+
+def test_a_folder_given_as_the_csv_is_named_as_one(tmp_path):
+    with pytest.raises(MetadataError, match="is a folder; give the metadata CSV file itself"):
+        read_metadata(tmp_path)
