@@ -170,6 +170,12 @@ def build_indices(store: VectorStore, index_dir: str | Path, config: IndexConfig
     """
     started = time.perf_counter()
     store.verify()
+    if store.count == 0:
+        rejects = store.directory / "rejects.csv"
+        raise ValueError(f"{store.directory} holds no images yet: nothing to index"
+                         + (f" (its {rejects.name} says why extraction stored none)" if rejects.exists()
+                            else "; extract some first with: python extract_vectors.py METADATA_CSV "
+                                 f"{store.directory}"))
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     with layout.build_lock(index_dir):

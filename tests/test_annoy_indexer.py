@@ -484,3 +484,14 @@ def test_threads_can_share_an_indexer_from_its_first_query(tmp_path):
         results = list(pool.map(lambda i: indexer.query_all(f"urn:test:{i % 3}", n_nns=2), range(12)))
     assert all(result == results[i % 3] for i, result in enumerate(results))
     assert read_manifest(tmp_path / "indices")["store_count"] == 200
+
+
+def test_an_empty_store_is_refused_in_words_not_by_numpy(tmp_path):
+    store_dir = tmp_path / "vectors"
+    VectorStoreWriter(store_dir, "test-model", 16).close()
+    done = subprocess.run([sys.executable, str(ROOT / "annoy_indexer.py"), "build", str(store_dir),
+                           str(tmp_path / "indices")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "Mean of empty" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"annoy_indexer.py: error: {store_dir} holds no images yet: nothing to index; extract some first "
+        f"with: python extract_vectors.py METADATA_CSV {store_dir}"]
