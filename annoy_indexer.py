@@ -360,8 +360,12 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("urn", metavar="URN", help="the item to find neighbours of")
     query.add_argument("--nns", type=int, nargs="+", default=[5], metavar="N",
                        help="neighbours per period: one number for every step, or one per step (default: 5)")
-    query.add_argument("--step", type=int, default=None, metavar="YEARS",
-                       help="only this step size (default: every step size the index dir was built with)")
+    query.add_argument("--step", type=step_argument, default=None, metavar="YEARS|all",
+                       help="only this step size, or 'all': the whole collection as one period (default: "
+                            "every step size the index dir was built with)")
+    query.add_argument("--format", choices=("json", "table"), default="json",
+                       help="json (default): the whole answer; table: one line per neighbour (period, urn, "
+                            "distance), for reading")
     query.add_argument("--vectors", action="store_true", help="include the vectors in the JSON")
     query.add_argument("--quiet", action="store_true", help="no progress bars if indices must be built")
 
@@ -373,6 +377,64 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("vector_dir", metavar="VECTOR_DIR", help="the vector store")
     verify.add_argument("index_dir", metavar="INDEX_DIR", help="the index directory")
     return parser
+
+
+WHOLE_COLLECTION = "all"
+
+
+def step_argument(value: str) -> int | str:
+    """--step: 'all' (the whole collection) or a step size in whole years."""
+    if value.strip().lower() == WHOLE_COLLECTION:
+        return WHOLE_COLLECTION
+    try:
+        step = int(value)
+    except ValueError:
+        step = 0
+    if step < 1:
+        raise argparse.ArgumentTypeError(f"takes 'all' (the whole collection) or a step size in whole years "
+                                         f"(10: decades, 1: years), not {value!r}")
+    return step
+
+
+def answer_table(result: dict) -> str:
+    """An answer as lines to read: period, urn, distance (a period without neighbours says so)."""
+    lines = []
+    for step, periods in result["steps"].items():
+        for period in periods:
+            label = "whole collection" if step == WHOLE_COLLECTION else period["period"]
+            if not period["neighbours"]:
+                lines.append(f"{label:<16}  (no other images)")
+            for neighbour in period["neighbours"]:
+                lines.append(f"{label:<16}  {neighbour['urn']:<40}  {neighbour['distance']:.4f}")
+    return "\n".join([f"{'period':<16}  {'urn':<40}  distance", *lines])
+
+
+def query_command(arguments: argparse.Namespace) -> int:
+    """The `query` command: the neighbours of a urn, as JSON or as a table."""
+    manifest = read_manifest(arguments.index_dir) or {}
+    built = built_step_sizes(manifest)
+    step = arguments.step
+    if step not in (None, WHOLE_COLLECTION) and built and step not in built:
+        steps = " ".join(map(str, sorted({*built, step}, reverse=True)))
+        raise ValueError(f"no indices for step {step} in {arguments.index_dir}: it has "
+                         f"{', '.join(map(str, built))} and all (the whole collection); build them with: "
+                         f"python annoy_indexer.py build {arguments.vector_dir} {arguments.index_dir} "
+                         f"--steps {steps}")
+    asked = [step] if step is not None else built or [10, 1]
+    if any(n < 1 for n in arguments.nns) or len(arguments.nns) not in (1, len(asked)):
+        raise ValueError(f"--nns takes one whole number from 1, or one per step size ({len(asked)} for "
+                         f"{', '.join(map(str, asked))}), got {' '.join(map(str, arguments.nns))}")
+    indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir,
+                           metric=manifest.get("metric", "euclidean"), step_sizes=built or [10, 1],
+                           verbose=not arguments.quiet)
+    if step == WHOLE_COLLECTION:
+        result = indexer.collection().neighbours(arguments.urn, arguments.nns[0], (None,), arguments.vectors)
+    else:
+        result = indexer.query_all(arguments.urn, arguments.nns, vectors=arguments.vectors,
+                                   step_sizes=None if step is None else [step])
+    print(answer_table(result) if arguments.format == "table" else
+          json.dumps(result, ensure_ascii=False, indent=1))
+    return 0
 
 
 def verify_collection(vector_dir: Path, index_dir: Path) -> int:
@@ -424,17 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{report['built']} indices built, {report['up_to_date']} up to date, "
                   f"{report['empty']} empty periods, in {report['seconds']:.1f} s ({arguments.index_dir})")
             return 0
-        manifest = read_manifest(arguments.index_dir) or {}
-        steps = built_step_sizes(manifest) or [10, 1]
-        if arguments.step is not None:
-            steps = [arguments.step] if arguments.step in steps else steps
-        indexer = AnnoyIndexer(arguments.vector_dir, arguments.index_dir,
-                               metric=manifest.get("metric", "euclidean"), step_sizes=steps,
-                               verbose=not arguments.quiet)
-        result = indexer.query_all(arguments.urn, arguments.nns, vectors=arguments.vectors,
-                                   step_sizes=None if arguments.step is None else [arguments.step])
-        print(json.dumps(result, ensure_ascii=False, indent=1))
-        return 0
+        return query_command(arguments)
 
     return run_command("annoy_indexer.py", command, (KeyError, ValueError, OSError, StoreError),
                        "run again to resume (finished indices are kept)")

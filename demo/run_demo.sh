@@ -12,7 +12,8 @@ $PY extract_vectors.py "$DATA/metadata.csv" "$DATA/vectors"
 $PY make_thumbnails.py "$DATA/metadata.csv" "$DATA/thumbnails"
 $PY annoy_indexer.py build "$DATA/vectors" "$DATA/indices-eucl" --steps 10 1
 echo "Neighbours of the Google drawing of 'Grinning Face' (emoji:google:1f600), per decade:"
-$PY annoy_indexer.py query "$DATA/vectors" "$DATA/indices-eucl" emoji:google:1f600 --nns 3 --step 10
+$PY annoy_indexer.py query "$DATA/vectors" "$DATA/indices-eucl" emoji:google:1f600 --nns 3 --step 10 \
+  --format table
 PORT=${PORT:-8080}
 HOST=${HOST:-127.0.0.1}
 echo "Serving the search page at http://$HOST:$PORT/?urn=emoji:google:1f600 (Ctrl-C stops it)"

@@ -454,6 +454,22 @@ def test_cli_builds_and_queries(tmp_path):
     one_step = json.loads(cli("query", store_dir, tmp_path / "indices", "urn:test:2", "--step", "10",
                               "--vectors").stdout)
     assert set(one_step["steps"]) == {"10"} and len(one_step["vector"]) == 16
+    whole = json.loads(cli("query", store_dir, tmp_path / "indices", "urn:test:2", "--step", "all",
+                           "--nns", "4").stdout)
+    expected = AnnoyIndexer(store_dir, tmp_path / "indices", verbose=False).query("urn:test:2", n=4)
+    assert whole["steps"]["all"][0]["neighbours"] == expected
+    table = cli("query", store_dir, tmp_path / "indices", "urn:test:2", "--step", "10", "--nns", "2",
+                "--format", "table").stdout.splitlines()
+    assert table[0].split() == ["period", "urn", "distance"]
+    rows = [line.split() for line in table[1:]]
+    for period in one_step["steps"]["10"]:  # every period's neighbours, in order, or "no other images"
+        mine = [row for row in rows if row[0] == period["period"]]
+        if period["neighbours"]:
+            assert [(row[1], float(row[2])) for row in mine] == [
+                (neighbour["urn"], pytest.approx(neighbour["distance"], abs=1e-4))
+                for neighbour in period["neighbours"][:2]]
+        else:
+            assert mine == [[period["period"], "(no", "other", "images)"]]
     assert cli("--help").returncode == 0
 
 
@@ -474,6 +490,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         assert "Traceback" not in done.stderr and done.stderr.startswith("annoy_indexer.py")
         assert "error: " in done.stderr
     assert "urn:nope:1" in cli("query", store_dir, tmp_path / "indices", "urn:nope:1").stderr
+    unbuilt = cli("query", store_dir, tmp_path / "indices", "urn:test:1", "--step", "7").stderr
+    assert "no indices for step 7" in unbuilt and "--steps 10 7 1" in unbuilt and "None" not in unbuilt
+    assert "'all' (the whole collection)" in cli("query", store_dir, tmp_path / "indices", "urn:test:1",
+                                                "--step", "decade").stderr
 
 
 def test_threads_can_share_an_indexer_from_its_first_query(tmp_path):
