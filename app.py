@@ -57,9 +57,10 @@ import bottle
 from siamese import serving, upload
 from siamese.assets import asset_dir
 from siamese.backbones import Embedder, show_tensorflow_logs
-from siamese.cli import Parser
+from siamese.cli import Parser, add_max_pixels_option
 from siamese.collection import Collection, CollectionError, LiveCollection, ReprintsUnavailable
 from siamese.embedding_service import EmbeddingService, preload
+from siamese.images import set_max_pixels
 from siamese.original_api import add_original_routes
 from siamese.params import (
     DEFAULT_NNS,
@@ -358,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                              "process, as before")
     parser.add_argument("--debug", action="store_true",
                         help="Bottle's single-threaded development server, tracebacks in 500 answers")
+    add_max_pixels_option(parser)  # uploads
     parser.add_argument("--preload-model", action="store_true",
                         help="load the collection's model when the server starts (seconds, in the "
                              "background), so that the first upload is as fast as the others; without it "
@@ -375,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images-root: no such folder: {args.images_root}")
     if args.verbose:
         show_tensorflow_logs()
+    set_max_pixels(args.max_pixels)
     if not args.debug:
         try:
             serving.check_listen_address(args.host, args.port)

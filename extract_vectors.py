@@ -33,8 +33,8 @@ from siamese.backbones import (
     get_backbone,
     show_tensorflow_logs,
 )
-from siamese.cli import Parser, run_command, write_csv_report
-from siamese.images import INPUT_MODES, ImageRejected, check_input_mode, load_model_input
+from siamese.cli import Parser, add_max_pixels_option, run_command, write_csv_report
+from siamese.images import INPUT_MODES, ImageRejected, check_input_mode, load_model_input, set_max_pixels
 from siamese.metadata import MetadataError, Record, read_metadata
 from siamese.vector_store import StoreError, VectorStoreWriter, unusable_rows
 
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="image-decoding threads (default: cores + 2, at most 8)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_pixels_option(parser)
     parser.add_argument("--verbose", action="store_true", help="TensorFlow's own log lines too")
     return parser
 
@@ -216,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images-root: no such folder: {args.images_root}")
     if args.verbose:
         show_tensorflow_logs()
+    set_max_pixels(args.max_pixels)
 
     def command() -> int:
         report = extract_vectors(args.metadata_csv, args.vector_dir, images_root=args.images_root,

@@ -20,8 +20,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from siamese.cli import Parser, run_command, write_csv_report
-from siamese.images import ImageRejected, open_rgb
+from siamese import images
+from siamese.cli import Parser, add_max_pixels_option, run_command, write_csv_report
+from siamese.images import ImageRejected, open_rgb, set_max_pixels
 from siamese.metadata import MetadataError, read_metadata
 from siamese.thumbnails import thumbnail_filename
 from siamese.vector_store import remove_stale_temporaries, write_atomically
@@ -77,8 +78,9 @@ def make_thumbnails(metadata_csv: str | os.PathLike, thumbnail_dir: str | os.Pat
     rejects = [(row.urn, row.path, f"CSV line {row.line}: {row.reason}") for row in rejected_rows]
     paths = {record.urn: record.path for record in records}
     workers = workers or os.cpu_count() or 1
-    with Pool(workers) as pool, tqdm(total=len(tasks), unit="img", desc="thumbnails",
-                                     disable=not progress, file=sys.stderr) as bar:
+    pool = Pool(workers, initializer=set_max_pixels, initargs=(images.MAX_PIXELS,))  # also when spawned
+    with pool, tqdm(total=len(tasks), unit="img", desc="thumbnails", disable=not progress,
+                    file=sys.stderr) as bar:
         for urn, outcome, reason in pool.imap_unordered(_work, tasks, chunksize=32):
             counts[outcome] += 1
             if reason is not None:
@@ -104,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quality", type=int, default=85, help="JPEG quality 1-95 (default: 85)")
     parser.add_argument("--workers", type=int, metavar="N", help="processes (default: all cores)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_max_pixels_option(parser)
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
     if args.images_root is not None and not Path(args.images_root).is_dir():
         parser.error(f"--images-root: no such folder: {args.images_root}")
+    set_max_pixels(args.max_pixels)
 
     def command() -> int:
         started = time.perf_counter()

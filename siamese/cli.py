@@ -26,6 +26,23 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def add_max_pixels_option(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels, the same in every tool that reads images (siamese/images.py: MAX_PIXELS); the
+    tool calls images.set_max_pixels(args.max_pixels)."""
+    from siamese.images import DEFAULT_MAX_PIXELS, parse_pixels
+
+    def pixels(text: str) -> int:
+        try:
+            return parse_pixels(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser.add_argument("--max-pixels", type=pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"refuse images with more pixels, before decoding them (default "
+                             f"{DEFAULT_MAX_PIXELS // 1_000_000}M: a 600-dpi broadsheet page is about 250M; "
+                             "a number of pixels, or megapixels with M)")
+
+
 def write_csv_report(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     """A report of what a run skipped (rejects.csv, import-report.csv), replaced atomically."""
     buffer = io.StringIO()

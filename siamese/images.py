@@ -8,7 +8,8 @@ module, so the model and the thumbnail see the same upright RGB picture, and eve
 Memory: a file's size says nothing of what decoding it costs (a 0.35 MB PNG of 9400x9400 RGBA pixels
 is 337 MiB decoded), and an image is read by several extraction workers or upload threads at once. So:
 
-- an image is refused before a pixel is decoded when it has more than `MAX_PIXELS` pixels, or when
+- an image is refused before a pixel is decoded when it has more than `MAX_PIXELS` pixels (300
+  megapixels, `--max-pixels`: a 600-dpi broadsheet page passes, a decompression bomb does not), or when
   decoding it would take more than `MAX_DECODE_BYTES` (its pixels as Pillow keeps them in the decoded
   mode, plus the RGB result): "too large to decode: 9400x9400 RGBA would take
   337 MiB decoded, limit 256 MiB";
@@ -32,10 +33,43 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-# Pillow's own default (about 89 megapixels) warns; twice that raises. We refuse from the warning on:
-# a newspaper page scan is far below it, and a decompression bomb must not take the run's memory.
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+DEFAULT_MAX_PIXELS = 300_000_000
+"""Images with more pixels are refused before a pixel is decoded (a decompression bomb declares
+billions). Pillow's own limit, 89 megapixels, refused genuine page scans: a 600-dpi broadsheet page
+(about 60 x 75 cm) is 250 megapixels. A JPEG that large is decoded at a fraction of its size for the
+model and for thumbnails (libjpeg's draft mode), so it costs tens of MiB, not gigabytes
+(docs/benchmarks.md); other formats are bounded by MAX_DECODE_BYTES. `--max-pixels` changes it."""
+MAX_PIXELS = DEFAULT_MAX_PIXELS
+# Our check replaces Pillow's (which refuses at open with a message naming no option): every image
+# this project reads is opened by _read, which refuses above MAX_PIXELS from the header, before decoding.
+Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def set_max_pixels(pixels: int) -> None:
+    """The pixel limit for this process (and the processes it forks): what --max-pixels sets."""
+    global MAX_PIXELS
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1:
+        raise ValueError(f"max_pixels must be a positive whole number, got {pixels!r}")
+    MAX_PIXELS = pixels
+
+
+def parse_pixels(text: str) -> int:
+    """--max-pixels' value: a whole number of pixels, or megapixels with an M (300M)."""
+    value = text.strip().upper().replace("_", "").replace(",", "")
+    factor = 1_000_000 if value.endswith("M") else 1
+    try:
+        pixels = int(float(value[:-1]) * factor) if factor > 1 else int(value)
+    except ValueError:
+        pixels = 0
+    if pixels < 1:
+        raise ValueError(f"takes a number of pixels (300000000) or of megapixels (300M), not {text!r}")
+    return pixels
+
+
+def too_many_pixels(width: int, height: int) -> str:
+    return (f"too many pixels: {width}x{height} is {width * height / 1e6:,.0f} megapixels, over the limit of "
+            f"{MAX_PIXELS / 1e6:,.0f} (--max-pixels; a decompression bomb declares billions)")
 
 MAX_DECODE_BYTES = 256 * 1024 * 1024
 """The most memory one image may take to decode: the decoded pixels in their own mode plus the RGB
@@ -172,8 +206,7 @@ def _read(path: str | os.PathLike, draft_size: tuple[int, int] | None,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > MAX_PIXELS:
-                    raise ImageRejected(f"decompression bomb: {image.width}x{image.height} pixels "
-                                        f"exceeds the limit of {MAX_PIXELS}")
+                    raise ImageRejected(too_many_pixels(image.width, image.height))
                 original_size = image.size
                 if draft_size is not None and image.format == "JPEG":
                     image.draft("RGB", draft_size)
@@ -186,8 +219,8 @@ def _read(path: str | os.PathLike, draft_size: tuple[int, int] | None,
         raise
     except FileNotFoundError:
         raise ImageRejected("missing file") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageRejected(f"decompression bomb: {error}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:  # (Pillow's, if set)
+        raise ImageRejected(f"too many pixels ({error}; --max-pixels)") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image Pillow can read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

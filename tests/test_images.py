@@ -110,3 +110,52 @@ def test_a_reduced_image_is_at_least_the_size_asked_for(tmp_path):
     Image.new("L", (1000, 700), 90).save(tmp_path / "g.png")
     assert open_rgb(tmp_path / "g.png", draft_size=(300, 200)).size == (334, 234)  # reduced 3 times
     assert open_rgb(tmp_path / "g.png", draft_size=(600, 400)).size == (1000, 700)  # not even twice
+
+
+@pytest.fixture
+def page_scan(tmp_path: Path) -> Path:
+    """A 108-megapixel grey JPEG (12000 x 9000), as a 600-dpi scan of a half page: above Pillow's own
+    limit of 89 megapixels, which refused such scans as decompression bombs."""
+    page = Image.new("L", (12000, 9000), 230)
+    for x in range(0, 12000, 400):
+        page.paste(40, (x, 0, x + 160, 9000))
+    page.save(tmp_path / "page.jpg", quality=80)
+    return tmp_path / "page.jpg"
+
+
+@pytest.fixture
+def restore_max_pixels():
+    yield
+    images.set_max_pixels(images.DEFAULT_MAX_PIXELS)
+
+
+def test_a_page_scan_above_pillows_limit_is_read_at_the_size_asked(page_scan, restore_max_pixels):
+    assert images.MAX_PIXELS == images.DEFAULT_MAX_PIXELS >= 250_000_000
+    pixels = load_model_input(page_scan, (299, 299))
+    assert pixels.shape == (299, 299, 3)
+    assert pixels[..., 0].min() < 100 < 200 < pixels[..., 0].max()  # the dark rules and the paper survive
+    thumbnail = open_rgb(page_scan, draft_size=(400, 300))
+    assert 400 <= thumbnail.width < 12000 // 4 and thumbnail.mode == "RGB"  # decoded small (draft), not whole
+    images.set_max_pixels(100_000_000)
+    with pytest.raises(ImageRejected,
+                       match=r"12000x9000 is 108 megapixels, over the limit of 100 \(--max-pixels"):
+        load_model_input(page_scan, (299, 299))
+
+
+def test_a_png_declaring_ten_billion_pixels_is_refused_naming_the_option(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(png_header_claiming(100_000, 100_000))
+    with pytest.raises(ImageRejected, match=r"100000x100000 is 10,000 megapixels, over the limit of 300 "
+                                            r"\(--max-pixels; a decompression bomb"):
+        open_rgb(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("text, pixels", [("300M", 300_000_000), ("250000000", 250_000_000),
+                                          ("1.5M", 1_500_000), ("12_000_000", 12_000_000)])
+def test_max_pixels_values(text, pixels):
+    assert images.parse_pixels(text) == pixels
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5", "lots", "M"])
+def test_bad_max_pixels_values_are_refused(text):
+    with pytest.raises(ValueError, match="megapixels"):
+        images.parse_pixels(text)

@@ -90,3 +90,24 @@ def test_the_fast_path_names_urns_exactly_as_percent_encoding_does():
         assert _thumbnail_query(urn) == urlencode({"urn": urn})
     assert thumbnail_filename(".hidden") == "%2Ehidden.jpg"
     assert thumbnail_filename("ddd:010:mpeg21:a0001") == "ddd%3A010%3Ampeg21%3Aa0001.jpg"
+
+
+def test_max_pixels_reaches_the_thumbnail_workers(tmp_path):
+    """--max-pixels is set in the processes that decode (a pool of workers), not only in the parent."""
+    Image.new("L", (3000, 2000), 128).save(tmp_path / "page.jpg", quality=80)
+    Image.new("RGB", (200, 100), (1, 2, 3)).save(tmp_path / "small.png")
+    write_csv(tmp_path / "meta.csv", [{"urn": "page:1", "path": "page.jpg", "date": "1950"},
+                                      {"urn": "small:1", "path": "small.png", "date": "1951"}])
+    done = subprocess.run([sys.executable, str(ROOT / "make_thumbnails.py"), str(tmp_path / "meta.csv"),
+                           str(tmp_path / "thumbs"), "--workers", "2", "--quiet", "--max-pixels", "5M"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with open(tmp_path / "thumbs" / "rejects.csv", newline="") as handle:
+        reasons = {row["urn"]: row["reason"] for row in csv.DictReader(handle)}
+    assert set(reasons) == {"page:1"}
+    assert "3000x2000 is 6 megapixels, over the limit of 5 (--max-pixels" in reasons["page:1"]
+    assert (tmp_path / "thumbs" / thumbnail_filename("small:1")).exists()
+    refused = subprocess.run([sys.executable, str(ROOT / "make_thumbnails.py"), str(tmp_path / "meta.csv"),
+                              str(tmp_path / "thumbs"), "--max-pixels", "lots"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--max-pixels" in refused.stderr and "Traceback" not in refused.stderr
