@@ -108,6 +108,19 @@
     $("message").hidden = true;
   }
 
+  // The waiting state: shown at once, in the same task as the click or upload, so that a slow answer
+  // (the first upload loads the model: seconds) never leaves the page looking dead.
+  function showBusy(text) {
+    document.body.classList.add("busy");
+    $("status").textContent = text;
+    $("status").hidden = false;
+  }
+
+  function hideBusy() {
+    document.body.classList.remove("busy");
+    $("status").hidden = true;
+  }
+
   // ------------------------------------------------------------------------------ drawing
 
   function image(item, lazy) {
@@ -330,7 +343,7 @@
   // Show a search (urn, step, nns); how: "push" (a new history entry), "replace" or "none".
   async function search(state, how) {
     const mine = ++requestNumber;
-    document.body.classList.add("busy");
+    showBusy("Searching…");
     try {
       // One request: the whole collection (the top list) and the timeline's step, answered together.
       const parameters = { urn: state.urn, nns: String(state.nns), step: "all," + String(state.step) };
@@ -356,7 +369,7 @@
       $("urn").value = state.urn;
       if (current.urn === null && currentUpload === null) await showStart();
     } finally {
-      if (mine === requestNumber) document.body.classList.remove("busy");
+      if (mine === requestNumber) hideBusy();
     }
   }
 
@@ -380,7 +393,7 @@
       return;
     }
     const mine = ++requestNumber;
-    document.body.classList.add("busy");
+    showBusy("Reading the image and searching… (the first upload also loads the model: up to a minute)");
     try {
       const parameters = { nns: String(state.nns), step: "all," + String(state.step) };
       if (REPRINTS) parameters.reprints = REPRINTS;
@@ -406,7 +419,7 @@
       if (mine !== requestNumber) return;
       showMessage(error instanceof ApiError ? error.message : "Something went wrong: " + error);
     } finally {
-      if (mine === requestNumber) document.body.classList.remove("busy");
+      if (mine === requestNumber) hideBusy();
     }
   }
 

@@ -111,3 +111,39 @@ def test_a_file_that_is_not_an_image_shows_the_servers_reason(server, page, tmp_
     page.locator("#message").wait_for(state="visible")
     assert "not an image" in page.locator("#message").inner_text()
     assert page.locator("#results").is_hidden() and page.locator("#start").is_visible()
+
+
+WATCH_STATUS = """([selector, event]) => {
+    window.marks = {};
+    const mark = () => { window.marks.action = performance.now(); };
+    document.querySelector(selector).addEventListener(event, mark, true);
+    const status = document.querySelector("#status");
+    new MutationObserver(() => {
+        if (!status.hidden && window.marks.shown === undefined) {
+            window.marks.shown = performance.now();
+            window.marks.text = status.textContent;
+        }
+    }).observe(status, { attributes: true, childList: true, characterData: true, subtree: true });
+}"""
+
+
+def test_a_waiting_state_shows_within_100_ms_of_an_upload_and_of_a_search(server, page, emoji_pairs,
+                                                                          emoji_metadata):
+    """The first upload loads the model (seconds): the page says it is working at once, not after."""
+    google, _ = emoji_pairs[3]
+    page.goto(server)
+    page.locator("#random-images .thumb").first.wait_for()
+    assert page.locator("#status").is_hidden()
+    page.evaluate(WATCH_STATUS, ["#upload-file", "change"])
+    page.set_input_files("#upload-file", str(emoji_metadata.parent / google["path"]))
+    wait_for_upload(page, Path(google["path"]).name, 1)
+    marks = page.evaluate("() => window.marks")
+    assert marks["shown"] - marks["action"] <= 100, marks
+    assert "searching" in marks["text"] and "model" in marks["text"]
+    assert page.locator("#status").is_hidden()  # and gone once the answer is shown
+    page.evaluate(WATCH_STATUS, ["#neighbours", "click"])
+    page.locator("#neighbours .thumb").nth(2).click()
+    page.wait_for_function("() => !document.body.classList.contains('busy') "
+                           "&& window.marks.shown !== undefined")
+    marks = page.evaluate("() => window.marks")
+    assert marks["shown"] - marks["action"] <= 100 and marks["text"] == "Searching…", marks

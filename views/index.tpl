@@ -35,6 +35,7 @@
 
   <main>
     <div id="message" class="message" role="alert" hidden></div>
+    <p id="status" class="status" role="status" aria-live="polite" hidden></p>
 
     <section id="start" class="start" hidden>
       <h1>Which images look alike, and when?</h1>
