@@ -54,7 +54,7 @@ from urllib.parse import urlencode
 
 import bottle
 
-from siamese import serving, upload
+from siamese import export, serving, upload
 from siamese.assets import asset_dir
 from siamese.backbones import Embedder, show_tensorflow_logs
 from siamese.cli import Parser, add_max_pixels_option
@@ -68,6 +68,7 @@ from siamese.params import (
     ParameterError,
     parse_count,
     parse_flag,
+    parse_format,
     parse_period,
     parse_reprints,
     parse_steps,
@@ -77,7 +78,7 @@ from siamese.params import (
 from siamese.reprints import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from siamese.thumbnails import percent_encoded
 from siamese.vector_store import StoreError
-from siamese.web import ApiError, App, error_body, json_answer, request_parameters, tag_answer
+from siamese.web import ApiError, App, error_body, json_answer, request_parameters, tag_answer, text_answer
 
 __all__ = ["MAX_NNS", "Collection", "CollectionError", "main", "make_app", "serve_requests_in_parallel"]
 
@@ -236,20 +237,33 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
                                 "exactly as in the metadata CSV (GET /api/random gives some)")
         return urn
 
+    def answer_as(answer: dict, file_format: str | None) -> str | bytes:
+        """The answer as JSON, or (format=csv|json) as a file to download (siamese/export.py)."""
+        if file_format is None:
+            return json_answer(answer)
+        name = export.file_name(answer, file_format)
+        if file_format == "json":
+            return json_answer(answer, download=name)
+        parts = bottle.request.urlparts
+        page = f"{parts.scheme}://{parts.netloc}{bottle.request.script_name}"
+        return text_answer(export.answer_csv(answer, page), "text/csv; charset=utf-8", download=name)
+
     @route("/api/neighbours")
     def neighbours() -> str:
-        parameters = request_parameters("/api/neighbours", ("urn", "nns", "step", "vectors", "reprints"))
+        parameters = request_parameters("/api/neighbours",
+                                        ("urn", "nns", "step", "vectors", "reprints", "format"))
         urn = parse_urn(parameters.get("urn"))
         nns = parse_count(parameters.get("nns"), "nns", DEFAULT_NNS, MAX_NNS)
         steps = parse_steps(parameters.get("step"), now().steps)
         vectors = parse_flag(parameters.get("vectors"), "vectors")
         reprints = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
+        file_format = parse_format(parameters.get("format"))
         tag_by_collection()
         try:
             answer = now().neighbours(known(urn), nns, steps, vectors, reprints=reprints)
         except ReprintsUnavailable as error:
             raise ApiError(400, str(error)) from None
-        return json_answer(with_thumbnails(answer))
+        return answer_as(with_thumbnails(answer), file_format)
 
     @route("/api/item")
     def item() -> str:
@@ -309,7 +323,7 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
             raise ApiError(error.status, str(error)) from None
         except ReprintsUnavailable as error:
             raise ApiError(400, str(error)) from None
-        return json_answer(with_thumbnails(answer))
+        return answer_as(with_thumbnails(answer), bottle.request.environ.get("siamese.format"))
 
     add_original_routes(app, now)  # GET /query, /random: the original Siamese's API
 

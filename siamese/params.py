@@ -131,3 +131,16 @@ def parse_flag(value: str | None, name: str) -> bool:
     if value.lower() in _FALSE:
         return False
     raise ParameterError(f"{name} must be true or false (or 1/0, yes/no, on/off), got {shorten(value)}")
+
+
+FORMATS = ("json", "csv")
+
+
+def parse_format(value: str | None) -> str | None:
+    """format=json|csv: the answer as a file to download (None when absent: the JSON answer as ever)."""
+    if value is None:
+        return None
+    if value.lower() in FORMATS:
+        return value.lower()
+    raise ParameterError(f"format must be json or csv (the answer as a file to download), got "
+                         f"{shorten(value)}")

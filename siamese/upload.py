@@ -35,6 +35,7 @@ from siamese.params import (
     DEFAULT_NNS,
     MAX_NNS,
     parse_count,
+    parse_format,
     parse_query_string,
     parse_reprints,
     parse_steps,
@@ -46,7 +47,7 @@ from siamese.system import process_running, return_freed_memory
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
 TEMPORARY_PREFIX = "siamese-upload-"
-FIELDS = ("image", "nns", "step", "reprints")
+FIELDS = ("image", "nns", "step", "reprints", "format")
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # octet-stream: what some clients send for files
 
 MAX_CONCURRENT_DECODES = 2
@@ -153,13 +154,14 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = 
     `max_bytes`: the largest image accepted (default MAX_UPLOAD_BYTES)."""
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     check_length(request.environ, max_bytes)
-    parameters = parse_query_string(request.environ.get("QUERY_STRING", ""), ("nns", "step", "reprints"),
-                                    "POST /api/search")
+    parameters = parse_query_string(request.environ.get("QUERY_STRING", ""),
+                                    ("nns", "step", "reprints", "format"), "POST /api/search")
     post = _form_fields(request)
     for name in post:
         if name not in FIELDS:
             raise UploadError(400, f"unknown field {shorten(_utf8(name, 'a field name'))}; POST /api/search "
-                                   "takes a file field 'image' and the fields nns, step and reprints")
+                                   "takes a file field 'image' and the fields nns, step, reprints and "
+                                   "format")
         values = post.getall(name)
         if len(values) > 1 or (name != "image" and name in parameters):
             raise UploadError(400, f"field {name!r} given more than once; give it once")
@@ -189,6 +191,7 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = 
                                f"{_megabytes(max_bytes)} are accepted")
     nns = parse_count(parameters.get("nns"), "nns", default_nns, max_nns)
     request.environ["siamese.reprints"] = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
+    request.environ["siamese.format"] = parse_format(parameters.get("format"))
     return upload, nns, parse_steps(parameters.get("step"), steps)
 
 

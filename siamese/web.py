@@ -47,13 +47,21 @@ def accepts_gzip(environ: dict) -> bool:
     return False
 
 
-def json_answer(data: object) -> str | bytes:
+def json_answer(data: object, download: str | None = None) -> str | bytes:
     """`data` as the body of a JSON answer (and its content type set): compact, UTF-8, no NaN;
-    gzip-compressed when the client accepts it and the answer is worth it."""
-    response = bottle.response
-    response.content_type = "application/json; charset=utf-8"
-    response.set_header("Vary", "Accept-Encoding")
+    gzip-compressed when the client accepts it and the answer is worth it. `download`: a file name,
+    the answer then being a file to save (Content-Disposition: attachment)."""
     body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text_answer(body, "application/json; charset=utf-8", download)
+
+
+def text_answer(body: str, content_type: str, download: str | None = None) -> str | bytes:
+    """`body` as the answer, of `content_type`, gzipped as json_answer says; `download`: its file name."""
+    response = bottle.response
+    response.content_type = content_type
+    response.set_header("Vary", "Accept-Encoding")
+    if download is not None:
+        response.set_header("Content-Disposition", f'attachment; filename="{download}"')
     if len(body) < GZIP_MIN_BYTES or not accepts_gzip(bottle.request.environ):
         return body
     response.set_header("Content-Encoding", "gzip")

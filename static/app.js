@@ -99,6 +99,38 @@
     return answer;
   }
 
+  // The download links: for a urn, the same request as the page's with format=csv|json (the answer
+  // shown, as a file); for an upload, the image posted again with the format (it is not in a URL).
+  function setDownloads(parameters, file) {
+    for (const format of ["csv", "json"]) {
+      const link = $("download-" + format);
+      const query = new URLSearchParams({ ...parameters, format: format });
+      link.onclick = null;
+      if (file === null) {
+        link.href = "api/neighbours?" + query;
+        link.removeAttribute("download");
+      } else {
+        link.href = "#";
+        link.onclick = async (event) => {
+          event.preventDefault();
+          const body = new FormData();
+          body.append("image", file, file.name || "upload");
+          for (const [name, value] of query) body.append(name, value);
+          const response = await fetch("api/search", { method: "POST", body: body });
+          if (!response.ok) { showMessage("The download failed: the server answered " + response.status + "."); return; }
+          const disposition = response.headers.get("Content-Disposition") || "";
+          const name = (disposition.match(/filename="([^"]+)"/) || [null, "siamese-upload." + format])[1];
+          const url = URL.createObjectURL(await response.blob());
+          const save = element("a", { href: url, download: name });
+          document.body.append(save);
+          save.click();
+          save.remove();
+          setTimeout(() => URL.revokeObjectURL(url), 10000);
+        };
+      }
+    }
+  }
+
   function showMessage(text) {
     $("message").textContent = text;
     $("message").hidden = false;
@@ -351,6 +383,7 @@
       const answer = await getJson("api/neighbours", parameters);
       if (mine !== requestNumber) return;
       forgetUpload();
+      setDownloads(parameters, null);
       const step = answer.step[1];
       current = { urn: answer.urn, step: step, nns: answer.nns };
       const periods = answer.steps[String(step)];
@@ -403,6 +436,7 @@
         forgetUpload();
         currentUpload = { file: file, url: URL.createObjectURL(file) };
       }
+      setDownloads(parameters, file);
       const step = answer.step[1];
       current = { urn: null, step: step, nns: answer.nns };
       const periods = answer.steps[String(step)];

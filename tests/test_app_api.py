@@ -408,3 +408,40 @@ def test_thumbnail_urls_follow_the_mount_point(client, app_collection):
     urn = app_collection.urns[0]
     body = client.get("/api/item?" + urlencode({"urn": urn}), extra_environ={"SCRIPT_NAME": "/siamese"}).json
     assert body["thumbnail"] == "/siamese" + thumbnail_url(urn)
+
+
+def test_format_csv_is_the_answer_one_row_per_neighbour_and_format_json_a_file(client, app_collection):
+    import csv
+
+    urn = app_collection.urns[4]
+    answer = get(client, "/api/neighbours", urn=urn, nns=3, step="all,10,1")
+    response = client.get("/api/neighbours", {"urn": urn, "nns": 3, "step": "all,10,1", "format": "csv"})
+    assert response.content_type == "text/csv" and response.charset == "utf-8"
+    assert response.headers["Content-Disposition"].startswith('attachment; filename="siamese-')
+    assert response.headers["Content-Disposition"].endswith('-all-step10-step1.csv"')
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    expected = [(key, period["period"], rank, neighbour) for key, periods in answer["steps"].items()
+                for period in periods for rank, neighbour in enumerate(period["neighbours"], 1)]
+    assert len(rows) == len(expected) > 0
+    for row, (key, period, rank, neighbour) in zip(rows, expected, strict=True):
+        assert (row["query"], row["step"], row["period"], int(row["rank"]), row["urn"]) == \
+            (urn, key, period, rank, neighbour["urn"])
+        assert float(row["distance"]) == pytest.approx(neighbour["distance"])
+        assert [row[name] for name in ("date", "path", "name")] == \
+            [neighbour[name] for name in ("date", "path", "name")]
+        assert row["siamese_url"].endswith("/?" + urlencode({"urn": neighbour["urn"]}))
+    assert "thumbnail" not in rows[0] and "vector" not in rows[0]
+    download = client.get("/api/neighbours", {"urn": urn, "nns": 3, "step": "all,10,1", "format": "json"})
+    assert download.json == answer and download.headers["Content-Disposition"].endswith('.json"')
+    error = client.get("/api/neighbours", {"urn": urn, "format": "xlsx"}, status=400).json
+    assert error["error"] == "format must be json or csv (the answer as a file to download), got 'xlsx'"
+
+
+def test_a_csv_cell_a_spreadsheet_would_run_is_kept_as_text():
+    from siamese.export import answer_csv
+
+    answer = {"urn": "q", "step": None, "steps": {"all": [{"period": "1950-1959", "start": 1950, "end": 1959,
+              "neighbours": [{"urn": "=HYPERLINK(\"x\")", "distance": 1.0, "date": "1950", "year": 1950,
+                              "path": "a.jpg", "title": "+31 20 123", "note": "plain", "thumbnail": "t"}]}]}}
+    text = answer_csv(answer, "http://host/")
+    assert "'=HYPERLINK" in text and "'+31 20 123" in text and ",plain," in text and "thumbnail" not in text

@@ -4,6 +4,7 @@ the app over the small real collection (one server and one browser for the whole
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 from urllib.request import urlopen
 
@@ -225,3 +226,33 @@ def test_reprints_are_checked_marked_and_counted_as_the_api_says(server, page, a
     expected = ["" if not p["reprints"] else f"{p['reprints']} reprint" + ("s" if p["reprints"] > 1 else "")
                 for p in answer["steps"]["10"]]
     assert counted == expected
+
+
+def test_the_csv_download_holds_the_rows_shown(server, page, app_collection):
+    import csv
+    import io
+
+    urn = app_collection.pairs[2][0]
+    page.goto(f"{server}?{urlencode({'urn': urn, 'step': 1, 'nns': 5})}")
+    wait_for_query(page, urn, 1)
+    shown_top = page.locator("#neighbours .thumb").evaluate_all(
+        "links => links.map(link => link.dataset.urn)")
+    shown_periods = page.locator("#timeline .period").evaluate_all(
+        "rows => rows.map(row => [row.dataset.period, "
+        "[...row.querySelectorAll('.thumb')].map(link => link.dataset.urn)])")
+    with page.expect_download() as download:
+        page.locator("#download-csv").click()
+    assert download.value.suggested_filename.endswith("-all-step1.csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    assert {row["query"] for row in rows} == {urn}
+    assert [row["urn"] for row in rows if row["step"] == "all"] == shown_top
+    for period, urns in shown_periods:
+        in_csv = [row["urn"] for row in rows if row["step"] == "1" and row["period"] == period]
+        assert in_csv == urns, period
+        assert [int(row["rank"]) for row in rows if row["step"] == "1" and row["period"] == period] == \
+            list(range(1, len(urns) + 1))
+    assert all(row["siamese_url"].startswith(server) and "?urn=" in row["siamese_url"] for row in rows)
+    with page.expect_download() as download:
+        page.locator("#download-json").click()
+    answer = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert answer["urn"] == urn and [n["urn"] for n in answer["steps"]["all"][0]["neighbours"]] == shown_top

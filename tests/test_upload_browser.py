@@ -147,3 +147,22 @@ def test_a_waiting_state_shows_within_100_ms_of_an_upload_and_of_a_search(server
                            "&& window.marks.shown !== undefined")
     marks = page.evaluate("() => window.marks")
     assert marks["shown"] - marks["action"] <= 100 and marks["text"] == "Searching…", marks
+
+
+def test_an_uploads_answer_downloads_as_csv_with_the_rows_shown(server, page, emoji_pairs, emoji_metadata):
+    import csv
+    import io
+
+    _, twitter = emoji_pairs[9]
+    page.goto(server)
+    page.locator("#random-images .thumb").first.wait_for()
+    page.set_input_files("#upload-file", str(emoji_metadata.parent / twitter["path"]))
+    filename = Path(twitter["path"]).name
+    wait_for_upload(page, filename, 1)
+    shown = neighbour_urns(page)
+    with page.expect_download() as download:
+        page.locator("#download-csv").click()
+    assert download.value.suggested_filename == f"siamese-{filename}-all-step1.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    assert {row["query"] for row in rows} == {filename}
+    assert [row["urn"] for row in rows if row["step"] == "all"] == shown

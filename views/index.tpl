@@ -76,6 +76,8 @@
           </figure>
           <div id="timeline" class="timeline"></div>
         </section>
+        <p class="downloads">Download this answer (the whole collection and every period shown):
+          <a id="download-csv" href="#">CSV</a> · <a id="download-json" href="#">JSON</a></p>
       </div>
     </div>
   </main>
