@@ -66,6 +66,7 @@ from siamese.params import (
     DEFAULT_NNS,
     MAX_NNS,
     ParameterError,
+    Problems,
     parse_count,
     parse_flag,
     parse_format,
@@ -250,14 +251,16 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
 
     @route("/api/neighbours")
     def neighbours() -> str:
+        problems = Problems()  # every bad parameter named in one answer
         parameters = request_parameters("/api/neighbours",
-                                        ("urn", "nns", "step", "vectors", "reprints", "format"))
-        urn = parse_urn(parameters.get("urn"))
-        nns = parse_count(parameters.get("nns"), "nns", DEFAULT_NNS, MAX_NNS)
-        steps = parse_steps(parameters.get("step"), now().steps)
-        vectors = parse_flag(parameters.get("vectors"), "vectors")
-        reprints = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
-        file_format = parse_format(parameters.get("format"))
+                                        ("urn", "nns", "step", "vectors", "reprints", "format"), problems)
+        urn = problems.check(parse_urn, parameters.get("urn"))
+        nns = problems.check(parse_count, parameters.get("nns"), "nns", DEFAULT_NNS, MAX_NNS)
+        steps = problems.check(parse_steps, parameters.get("step"), now().steps)
+        vectors = problems.check(parse_flag, parameters.get("vectors"), "vectors")
+        reprints = problems.check(parse_reprints, parameters.get("reprints"), MAX_CANDIDATES)
+        file_format = problems.check(parse_format, parameters.get("format"))
+        problems.raise_any()
         tag_by_collection()
         try:
             answer = now().neighbours(known(urn), nns, steps, vectors, reprints=reprints)
@@ -275,9 +278,11 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
 
     @route("/api/random")
     def random_images() -> str:
-        parameters = request_parameters("/api/random", ("n", "period"))
-        n = parse_count(parameters.get("n"), "n", DEFAULT_RANDOM, MAX_RANDOM)
-        period = parse_period(parameters.get("period"))
+        problems = Problems()
+        parameters = request_parameters("/api/random", ("n", "period"), problems)
+        n = problems.check(parse_count, parameters.get("n"), "n", DEFAULT_RANDOM, MAX_RANDOM)
+        period = problems.check(parse_period, parameters.get("period"))
+        problems.raise_any()
         images = now().random_items(n, period)
         for image in images:
             image["thumbnail"] = thumbnail_url(image["urn"], bottle.request.script_name)

@@ -2,18 +2,23 @@
 
 Every request parameter is checked here so that a bad value is a 400 whose message says what is
 allowed, never a 500 from deep inside the indexer: a typo such as `nn=5` or `nns=five` is reported
-instead of being silently ignored and answered with defaults the caller did not ask for.
+instead of being silently ignored and answered with defaults the caller did not ask for. A request
+with several bad parameters is told about all of them in one answer (`Problems`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from typing import TypeVar
 from urllib.parse import parse_qsl
+
+T = TypeVar("T")
 
 DEFAULT_NNS = 10
 MAX_NNS = 100  # per list: with step 1 over 50 years that is already 5,000 neighbours in one answer
 MAX_PARAMETERS = 20  # more than any route takes; bounds the work a hostile query string can cause
+MAX_MESSAGE = 560  # the most an answer's "error" says of a request's problems
 _DIGITS = re.compile(r"[0-9]{1,7}")  # ASCII digits only: int() would also take ' 5', '+5', '5_0', '٥'
 _PERIOD = re.compile(r"([0-9]{1,4})(?:-([0-9]{1,4}))?")  # years as the metadata CSV writes them
 _TRUE = ("true", "1", "yes", "on")
@@ -32,8 +37,36 @@ def shorten(value: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
-def parse_query_string(query_string: str, allowed: Sequence[str], route: str) -> dict[str, str]:
-    """The parameters of a WSGI QUERY_STRING as {name: value}, each given at most once.
+class Problems:
+    """Every bad parameter of one request, so that its 400 names them all at once, not the first only."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    def check(self, parse: Callable[..., T], *arguments: object, default: T | None = None) -> T | None:
+        """parse(*arguments), or `default` with its complaint kept."""
+        try:
+            return parse(*arguments)
+        except ParameterError as error:
+            self.add(str(error))
+            return default
+
+    def raise_any(self) -> None:
+        """ParameterError naming every problem kept, if any (at most MAX_MESSAGE characters)."""
+        if len(self.messages) == 1:
+            raise ParameterError(self.messages[0])
+        if self.messages:
+            raise ParameterError(shorten(f"{len(self.messages)} problems: " + "; ".join(self.messages),
+                                         MAX_MESSAGE).strip("'\""))
+
+
+def parse_query_string(query_string: str, allowed: Sequence[str], route: str,
+                       problems: Problems | None = None) -> dict[str, str]:
+    """The parameters of a WSGI QUERY_STRING as {name: value}, each given at most once; an unknown or
+    repeated one is a ParameterError, or, with `problems`, kept there and left out.
 
     PEP 3333 hands the query string over as latin-1 decoded bytes; it is turned back into bytes and
     read as UTF-8, strictly, so that a urn with accents or emoji arrives as the collection spells it.
@@ -48,12 +81,29 @@ def parse_query_string(query_string: str, allowed: Sequence[str], route: str) ->
         raise ParameterError(f"too many parameters (at most {MAX_PARAMETERS}); {route} takes "
                              f"{_names(allowed)}") from None
     parameters: dict[str, str] = {}
+    unknown: list[str] = []
+    repeated: list[str] = []
     for name, value in pairs:
         if name not in allowed:
-            raise ParameterError(f"unknown parameter {shorten(name)}; {route} takes {_names(allowed)}")
-        if name in parameters:
-            raise ParameterError(f"parameter {name!r} given more than once; give it once")
-        parameters[name] = value
+            unknown.append(shorten(name))
+        elif name in parameters:
+            repeated.append(repr(name))
+        else:
+            parameters[name] = value
+        if problems is None and (unknown or repeated):
+            break
+    found = []
+    if unknown:
+        names = ", ".join(dict.fromkeys(unknown))
+        found.append(f"unknown parameter{'s' if len(unknown) > 1 else ''} {names}; {route} takes "
+                     f"{_names(allowed)}")
+    if repeated:
+        found.append(f"parameter{'s' if len(set(repeated)) > 1 else ''} {', '.join(dict.fromkeys(repeated))} "
+                     "given more than once; give each once")
+    if found and problems is None:
+        raise ParameterError(found[0])
+    for message in found:
+        problems.add(message)
     return parameters
 
 

@@ -54,7 +54,12 @@
     return length === 1 ? "year" : length === 10 ? "decade" : length === 100 ? "century" : "period";
   }
 
-  class ApiError extends Error {}
+  class ApiError extends Error {
+    constructor(message, status) {
+      super(message);
+      this.status = status || 0;
+    }
+  }
 
   async function getJson(path, parameters) {
     const url = path + "?" + new URLSearchParams(parameters).toString();
@@ -71,7 +76,7 @@
       body = null;
     }
     if (!response.ok || body === null) {
-      throw new ApiError((body && body.error) || "The server answered " + response.status + ".");
+      throw new ApiError((body && body.error) || "The server answered " + response.status + ".", response.status);
     }
     return body;
   }
@@ -373,7 +378,8 @@
   }
 
   // Show a search (urn, step, nns); how: "push" (a new history entry), "replace" or "none".
-  async function search(state, how) {
+  // notice: said once the search is shown (the page's parameters it could not use).
+  async function search(state, how, notice) {
     const mine = ++requestNumber;
     showBusy("Searching…");
     try {
@@ -396,9 +402,15 @@
       drawTimeline(periods, answer.metadata.year);
       drawChart(periods, answer.metadata.year);
       remember(current, how);
+      if (notice) showMessage(notice);
     } catch (error) {
       if (mine !== requestNumber) return;
-      showMessage(error instanceof ApiError ? error.message : "Something went wrong: " + error);
+      if (error instanceof ApiError && error.status === 404) {  // said for a person, not for a script
+        showMessage("There is no image " + JSON.stringify(state.urn) + " in this collection (identifiers " +
+                    "are matched exactly as in its metadata). Pick one of the images below, or search with an image of your own.");
+      } else {
+        showMessage(error instanceof ApiError ? error.message : "Something went wrong: " + error);
+      }
       $("urn").value = state.urn;
       if (current.urn === null && currentUpload === null) await showStart();
     } finally {
@@ -468,14 +480,36 @@
     }
   }
 
+  // The page's own parameters, forgivingly: a bad step or nns (a typo, an old link) falls back to its
+  // default and is named in a notice, all of them at once; the search itself still happens. (The JSON
+  // API stays strict.) Returns [step, nns, notice or null].
+  function pageParameters(parameters) {
+    const ignored = [];
+    let step = DEFAULT_STEP;
+    const givenStep = parameters.get("step");
+    if (givenStep !== null && givenStep !== "" && givenStep !== "all") {
+      if (/^[0-9]+$/.test(givenStep) && steps.includes(Number(givenStep))) step = Number(givenStep);
+      else ignored.push("step=" + givenStep + " (this collection has periods of " +
+                        steps.map((size) => size === 1 ? "1 year" : size + " years").join(" and ") + ")");
+    }
+    let nns = DEFAULT_NNS;
+    const givenNns = parameters.get("nns");
+    if (givenNns !== null && givenNns !== "") {
+      const n = Number(givenNns);
+      if (/^[0-9]+$/.test(givenNns) && n >= 1 && n <= collection.max_nns) nns = n;
+      else ignored.push("nns=" + givenNns + " (a number of images from 1 to " + collection.max_nns + ")");
+    }
+    const notice = ignored.length ? "This link's " + ignored.join(" and ") + (ignored.length > 1 ? " were" : " was") +
+      " not used: showing " + periodName(step) + "s and " + nns + " images per list instead." : null;
+    return [step, nns, notice];
+  }
+
   function fromLocation(how) {
     const parameters = new URLSearchParams(window.location.search);
     const urn = parameters.get("urn");
-    const given = parameters.get("step");
-    const step = given && given !== "all" ? given : String(DEFAULT_STEP);  // the top list is always "all"
-    const nns = parameters.get("nns") || String(DEFAULT_NNS);
+    const [step, nns, notice] = pageParameters(parameters);
     if (urn) {
-      search({ urn: urn, step: step, nns: nns }, how);  // the API checks step and nns and says what is wrong
+      search({ urn: urn, step: step, nns: nns }, how, notice);
     } else {
       current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
       forgetUpload();

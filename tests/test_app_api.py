@@ -445,3 +445,17 @@ def test_a_csv_cell_a_spreadsheet_would_run_is_kept_as_text():
                               "path": "a.jpg", "title": "+31 20 123", "note": "plain", "thumbnail": "t"}]}]}}
     text = answer_csv(answer, "http://host/")
     assert "'=HYPERLINK" in text and "'+31 20 123" in text and ",plain," in text and "thumbnail" not in text
+
+
+def test_every_bad_parameter_is_named_in_one_answer(client, app_collection):
+    urn = app_collection.urns[0]
+    query = urlencode({"urn": urn, "nns": "abc", "step": "7", "format": "xml", "bogus": "1"})
+    error = client.get(f"/api/neighbours?{query}", status=400).json["error"]
+    assert error.startswith("4 problems: ")
+    for part in ("unknown parameter 'bogus'", "nns must be a whole number", "step must be one of",
+                 "format must be json or csv"):
+        assert part in error
+    single = client.get("/api/neighbours", {"urn": urn, "nns": "0"}, status=400).json["error"]
+    assert single.startswith("nns must be") and "problems" not in single
+    both = client.get("/api/random", {"n": "0", "period": "x"}, status=400).json["error"]
+    assert both.startswith("2 problems: n must be") and "period must be" in both
