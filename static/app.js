@@ -278,28 +278,37 @@
     if (found.length === 0) return;
     // Drawn at the size it is shown (not stretched), so that its text keeps its shape on any screen.
     const width = Math.max($("chart").clientWidth, 240), height = 150, top = 22, bottom = 24;
-    const slot = width / Math.max(periods.length, 1);
+    const left = 42, right = 14;  // room for the distance scale, and for the first and last labels
+    const slot = (width - left - right) / Math.max(periods.length, 1);
     const barWidth = Math.min(slot * 0.72, 56);
     const best = LARGER_IS_CLOSER ? Math.max(...found) : Math.min(...found);
     const worst = LARGER_IS_CLOSER ? Math.min(...found) : Math.max(...found);
     const floor = worst + (worst - best) * 0.25 || worst * 1.1 || 1;  // the worst bar keeps some height
     const labelEvery = Math.max(1, Math.ceil(40 / slot));  // period labels at least 40 px apart
     const showValues = slot >= 34;
+    const heightOf = (distance) => Math.max(3, Math.abs(floor - distance) / Math.abs(floor - best || 1) * (height - top - bottom));
+    // The scale: the distances of the closest and the farthest bar (and one between), as lines to read bars against
+    const ticks = [...new Set([best, (best + worst) / 2, worst])].map((distance) => {
+      const y = height - bottom - heightOf(distance);
+      return svg("g", { class: "scale" }, [
+        svg("line", { x1: left - 4, x2: width - right, y1: y, y2: y }),
+        svg("text", { x: left - 6, y: y + 3 }, [formatDistance(distance)]),
+      ]);
+    });
     const bars = periods.map((period, index) => {
-      const x = index * slot + (slot - barWidth) / 2;
+      const x = left + index * slot + (slot - barWidth) / 2;
       const own = period.start <= queryYear && queryYear <= period.end;
       const label = index % labelEvery === 0
         ? [svg("text", { x: x + barWidth / 2, y: height - 6, class: "axis" }, [period.start === period.end ? String(period.start) : period.start + "s"])]
         : [];
-      if (!period.neighbours.length) {
-        return svg("g", { class: "empty" }, [
-          svg("title", {}, [period.period + ": no images"]),
-          svg("rect", { x: x, y: height - bottom - 2, width: barWidth, height: 2 }),
+      if (!period.neighbours.length) {  // marked, not left blank: a gap here means "no images"
+        return svg("g", { class: own ? "empty own" : "empty" }, [
+          svg("title", {}, [period.period + (own ? ": no other images" : ": no images")]),
+          svg("rect", { x: x, y: height - bottom - 7, width: barWidth, height: 7 }),
           ...label]);
       }
       const distance = period.neighbours[0].distance;
-      const closeness = Math.abs(floor - distance) / Math.abs(floor - best || 1);
-      const barHeight = Math.max(3, closeness * (height - top - bottom));
+      const barHeight = heightOf(distance);
       const reprintNote = period.reprints ? "; " + period.reprints + " reprint" + (period.reprints === 1 ? "" : "s") : "";
       const link = svg("a", { href: "#period-" + period.period, class: own ? "bar own" : "bar" }, [
         svg("title", {}, [period.period + ": closest distance " + formatDistance(distance) + reprintNote]),
@@ -326,7 +335,9 @@
     $("chart").replaceChildren(svg("svg", {
       viewBox: `0 0 ${width} ${height}`, width: width, height: height, role: "img",
       "aria-label": "Distance of the closest neighbour in each period; taller bars are more alike",
-    }, [svg("line", { x1: 0, x2: width, y1: height - bottom, y2: height - bottom, class: "baseline" }), ...bars]));
+    }, [...ticks, svg("text", { x: 2, y: 11, class: "scale-title" }, ["distance of the closest image"]),
+        svg("line", { x1: left - 4, x2: width - right, y1: height - bottom, y2: height - bottom, class: "baseline" }),
+        ...bars]));
   }
 
   let resizing = null;
@@ -335,38 +346,81 @@
     resizing = setTimeout(() => { if (lastChart && !$("results").hidden) drawChart(...lastChart); }, 150);
   });
 
+  // One row per period; a run of periods without images folds into one row ("2013–2015: no images"),
+  // so that a sparse century of years reads as the years that have something to show.
   function drawTimeline(periods, queryYear) {
-    $("timeline").replaceChildren(...periods.map((period) => {
-      const empty = period.neighbours.length === 0;
+    const rows = [];
+    let run = [];
+    const flush = () => {
+      if (run.length === 1) rows.push(periodRow(run[0], false));
+      else if (run.length > 1) rows.push(foldedRow(run));
+      run = [];
+    };
+    for (const period of periods) {
       const own = period.start <= queryYear && queryYear <= period.end;
-      const row = element("div", {
-        id: "period-" + period.period,
-        tabIndex: -1,
-        className: "period" + (empty ? " empty" : "") + (period.start === period.end ? " single" : "")
-          + (own ? " own" : ""),
-      });
-      row.dataset.period = period.period;
-      const label = element("div", { className: "period-label", textContent: period.period.replace("-", "–") });
-      if (own) {
-        label.append(element("small", {
-          className: "own-tag", textContent: "the query's " + periodName(period.end - period.start + 1),
-        }));
+      if (period.neighbours.length === 0 && !own) {
+        run.push(period);
+        continue;
       }
-      if (!empty) {
-        label.append(element("small", { textContent: "closest " + formatDistance(period.neighbours[0].distance) }));
-      }
-      if (period.reprints) {
-        label.append(element("small", {
-          className: "reprint-count",
-          textContent: period.reprints === 1 ? "1 reprint" : period.reprints + " reprints",
-        }));
-      }
-      const strip = element("div", { className: "strip" },
-        empty ? [element("span", { className: "none", textContent: "no images from this period" })]
-              : period.neighbours.map((item) => thumbnail(item)));
-      row.append(label, strip);
-      return row;
-    }));
+      flush();
+      rows.push(periodRow(period, own));
+    }
+    flush();
+    $("timeline").replaceChildren(...rows);
+  }
+
+  function periodRow(period, own) {
+    const empty = period.neighbours.length === 0;
+    const row = element("div", {
+      id: "period-" + period.period,
+      tabIndex: -1,
+      className: "period" + (empty ? " empty" : "") + (period.start === period.end ? " single" : "")
+        + (own ? " own" : ""),
+    });
+    row.dataset.period = period.period;
+    const label = element("div", { className: "period-label", textContent: period.period.replace("-", "–") });
+    if (own) {
+      label.append(element("small", {
+        className: "own-tag", textContent: "the query's " + periodName(period.end - period.start + 1),
+      }));
+    }
+    if (!empty) {
+      label.append(element("small", { textContent: "closest " + formatDistance(period.neighbours[0].distance) }));
+    }
+    if (period.reprints) {
+      label.append(element("small", {
+        className: "reprint-count",
+        textContent: period.reprints === 1 ? "1 reprint" : period.reprints + " reprints",
+      }));
+    }
+    const strip = element("div", { className: "strip" },
+      empty ? [element("span", { className: "none",
+                                 textContent: own ? "no other images: the query is this " +
+                                   periodName(period.end - period.start + 1) + "'s only image"
+                                   : "no images from this period" })]
+            : period.neighbours.map((item) => thumbnail(item)));
+    row.append(label, strip);
+    if (!empty) {
+      // a row wider than the screen scrolls sideways: say so with a fade at its edge, kept up to date
+      const mark = () => strip.classList.toggle("more", strip.scrollLeft + strip.clientWidth < strip.scrollWidth - 2);
+      strip.addEventListener("scroll", mark, { passive: true });
+      requestAnimationFrame(mark);
+    }
+    return row;
+  }
+
+  function foldedRow(run) {
+    const first = run[0], last = run[run.length - 1];
+    const length = first.end - first.start + 1;
+    const row = element("div", { id: "period-" + first.period, tabIndex: -1, className: "period empty folded" });
+    row.dataset.period = first.start + "-" + last.end;
+    row.dataset.periods = String(run.length);
+    row.append(
+      element("div", { className: "period-label", textContent: first.start + "–" + last.end }),
+      element("div", { className: "strip" }, [element("span", {
+        className: "none", textContent: "no images in these " + run.length + " " + periodName(length) + "s",
+      })]));
+    return row;
   }
 
   // ------------------------------------------------------------------------------ searching

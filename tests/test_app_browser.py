@@ -53,6 +53,15 @@ def period_labels(page) -> list[str]:
     return page.locator("#timeline .period").evaluate_all("rows => rows.map(row => row.dataset.period)")
 
 
+def covered_years(labels: list[str]) -> list[int]:
+    """The years the timeline's rows cover, in order: "2012" and a folded "2013-2015" alike."""
+    years = []
+    for label in labels:
+        first, _, last = label.partition("-")
+        years += range(int(first), int(last or first) + 1)
+    return years
+
+
 def test_search_click_switch_step_and_go_back(server, page, app_collection):
     first = app_collection.pairs[3][0]
     page.goto(server)
@@ -66,7 +75,8 @@ def test_search_click_switch_step_and_go_back(server, page, app_collection):
     assert page.locator("#neighbours .thumb").count() == 10
     assert page.locator("#query-metadata dd").first.inner_text() == first
     years = period_labels(page)
-    assert years == [str(year) for year in range(int(years[0]), int(years[-1]) + 1)]  # one row per year
+    covered = covered_years(years)  # a row per year, runs of empty years folded into one
+    assert covered == list(range(covered[0], covered[-1] + 1))
     assert "2012" in years and page.locator("#timeline .period.empty").count() >= 1
 
     neighbour = page.locator("#neighbours .thumb").nth(2).get_attribute("data-urn")
@@ -264,3 +274,72 @@ def test_the_csv_download_holds_the_rows_shown(server, page, app_collection):
         page.locator("#download-json").click()
     answer = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
     assert answer["urn"] == urn and [n["urn"] for n in answer["steps"]["all"][0]["neighbours"]] == shown_top
+
+
+def folded(run: list[dict]) -> list[str]:
+    if not run:
+        return []
+    return [run[0]["period"]] if len(run) == 1 else [f"{run[0]['start']}-{run[-1]['end']}"]
+
+
+@pytest.fixture(scope="module")
+def sparse_server(histogram_collection):
+    """The colour-histogram collection: images in 1948-1955 and 1968-1975, none in the twelve years
+    between (a sparse timeline)."""
+    collection = Collection(histogram_collection.vector_dir, histogram_collection.index_dir,
+                            histogram_collection.thumbnail_dir)
+    with serving(make_app(collection)) as url:
+        yield url
+
+
+def test_runs_of_empty_periods_fold_and_the_chart_has_a_scale_a_legend_and_marks(sparse_server, page,
+                                                                                 histogram_collection):
+    server = sparse_server
+    urn = histogram_collection.urns[3]
+    query = urlencode({"urn": urn, "step": 1, "nns": 3})
+    answer = json.loads(urlopen(f"{server}api/neighbours?{query}").read())
+    periods = answer["steps"]["1"]
+    query_year = answer["metadata"]["year"]
+    expected, run = [], []
+    for period in periods:  # what the page must show: every run of 2+ empty periods as one row
+        own = period["start"] <= query_year <= period["end"]
+        if not period["neighbours"] and not own:
+            run.append(period)
+            continue
+        expected += folded(run)
+        run = []
+        expected.append(period["period"])
+    expected += folded(run)
+    page.goto(f"{server}?{query}")
+    wait_for_query(page, urn, 1)
+    assert period_labels(page) == expected
+    assert "1956-1967" in expected
+    row = page.locator("#timeline .period.folded").first
+    count = int(row.get_attribute("data-periods"))
+    assert count >= 2 and f"no images in these {count} years" in row.inner_text()
+    own = page.locator("#timeline .period.own")
+    assert own.count() == 1 and "the query's year" in own.inner_text()
+    # the chart: a labelled scale, every label inside the picture, empty years marked, a legend
+    assert page.locator("#chart .scale text").count() >= 2
+    assert page.locator("#chart .empty rect").count() == sum(1 for p in periods if not p["neighbours"])
+    inside = page.evaluate("""() => {
+        const svg = document.querySelector("#chart svg");
+        const width = svg.viewBox.baseVal.width;
+        return [...svg.querySelectorAll("text")].every((text) => {
+            const box = text.getBBox();
+            return box.x >= 0 && box.x + box.width <= width + 0.5;
+        });
+    }""")
+    assert inside
+    assert page.locator("figcaption .legend.own").count() == 1
+
+
+def test_on_a_phone_the_results_come_before_the_query_card(server, browser, app_collection):
+    urn = app_collection.urns[6]
+    with fresh_page(browser, timeout_ms=10_000) as phone:
+        phone.set_viewport_size({"width": 390, "height": 844})
+        phone.goto(f"{server}?{urlencode({'urn': urn, 'step': 1})}")
+        wait_for_query(phone, urn, 1)
+        neighbours = phone.locator("#neighbours").bounding_box()
+        card = phone.locator(".query-card").bounding_box()
+        assert neighbours["y"] < card["y"] and neighbours["y"] < 844  # the results are on the first screen

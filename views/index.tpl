@@ -71,8 +71,9 @@
           </div>
           <figure id="chart-section" class="chart-figure">
             <div id="chart" class="chart"></div>
-            <figcaption>Distance of the closest image in each period: the taller the bar, the more alike.
-              Click a bar to go to its row.</figcaption>
+            <figcaption>Distance of the closest image in each period: the taller the bar, the more alike
+              (the lines are distances to read them against). <span class="legend own"></span> the query's own
+              period · <span class="legend empty"></span> no images · click a bar to go to its row.</figcaption>
           </figure>
           <div id="timeline" class="timeline"></div>
         </section>
