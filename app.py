@@ -60,6 +60,7 @@ from siamese.backbones import Embedder, show_tensorflow_logs
 from siamese.cli import Parser, add_max_pixels_option
 from siamese.collection import Collection, CollectionError, LiveCollection, ReprintsUnavailable
 from siamese.embedding_service import EmbeddingService, preload
+from siamese.facets import UnknownColumn
 from siamese.images import set_max_pixels
 from siamese.original_api import add_original_routes
 from siamese.params import (
@@ -68,6 +69,7 @@ from siamese.params import (
     ParameterError,
     Problems,
     parse_count,
+    parse_filters,
     parse_flag,
     parse_format,
     parse_period,
@@ -79,7 +81,16 @@ from siamese.params import (
 from siamese.reprints import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from siamese.thumbnails import percent_encoded
 from siamese.vector_store import StoreError
-from siamese.web import ApiError, App, error_body, json_answer, request_parameters, tag_answer, text_answer
+from siamese.web import (
+    ApiError,
+    App,
+    error_body,
+    json_answer,
+    request_parameters,
+    request_values,
+    tag_answer,
+    text_answer,
+)
 
 __all__ = ["MAX_NNS", "Collection", "CollectionError", "main", "make_app", "serve_requests_in_parallel"]
 
@@ -253,18 +264,20 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
     def neighbours() -> str:
         problems = Problems()  # every bad parameter named in one answer
         parameters = request_parameters("/api/neighbours",
-                                        ("urn", "nns", "step", "vectors", "reprints", "format"), problems)
+                                        ("urn", "nns", "step", "vectors", "reprints", "format", "filter"),
+                                        problems, repeatable=("filter",))
         urn = problems.check(parse_urn, parameters.get("urn"))
         nns = problems.check(parse_count, parameters.get("nns"), "nns", DEFAULT_NNS, MAX_NNS)
         steps = problems.check(parse_steps, parameters.get("step"), now().steps)
         vectors = problems.check(parse_flag, parameters.get("vectors"), "vectors")
         reprints = problems.check(parse_reprints, parameters.get("reprints"), MAX_CANDIDATES)
         file_format = problems.check(parse_format, parameters.get("format"))
+        filters = problems.check(parse_filters, request_values("filter"))
         problems.raise_any()
         tag_by_collection()
         try:
-            answer = now().neighbours(known(urn), nns, steps, vectors, reprints=reprints)
-        except ReprintsUnavailable as error:
+            answer = now().neighbours(known(urn), nns, steps, vectors, reprints=reprints, filters=filters)
+        except (ReprintsUnavailable, UnknownColumn) as error:
             raise ApiError(400, str(error)) from None
         return answer_as(with_thumbnails(answer), file_format)
 

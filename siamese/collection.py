@@ -24,6 +24,7 @@ from PIL import Image
 
 from siamese import answers
 from siamese.backbones import Embedder, embed_image
+from siamese.facets import Facets
 from siamese.images import ImageRejected, open_rgb
 from siamese.index_build import IndexConfig, build_indices
 from siamese.index_dir import MANIFEST, WHOLE, IndexDamaged, built_step_sizes, read_manifest
@@ -119,6 +120,7 @@ class Collection:
         self.years: tuple[int, int] | None = (int(years.min()), int(years.max())) if len(years) else None
         self._random = random.Random()
         self._random_lock = threading.Lock()
+        self.facets = Facets(self.store)  # metadata columns, read when a filter first asks for one
 
     @property
     def count(self) -> int:
@@ -177,7 +179,8 @@ class Collection:
         return self.core.query_for_vector(self.check_vector(query))
 
     def periods(self, query: str | Sequence[float] | np.ndarray, plan: dict[int | None, int],
-                vectors: bool = False, include_self: bool = False) -> dict[str, list[dict]]:
+                vectors: bool = False, include_self: bool = False,
+                filters: dict[str, list[str]] | None = None) -> dict[str, list[dict]]:
         """{"all" or step: [{"period", "start", "end", "neighbours": [...]}]}: for each step size of
         `plan` (None: the whole collection, one period), plan[step] neighbours in every period of it.
 
@@ -186,12 +189,13 @@ class Collection:
         "date", "year", "path", ...metadata}, best first; `vectors` adds its "vector".
         """
         hits = self.core.search(self._query(query), {step_key(step): n for step, n in plan.items()},
-                                include_self)
+                                include_self, self.facets.mask(filters) if filters else None)
         return answers.periods_answer(self.store, hits, vectors)
 
     def neighbours(self, query: str | Sequence[float] | np.ndarray, nns: int,
                    steps: Sequence[int | None] = (None,), vectors: bool = False, *, reprints: int = 0,
-                   query_image: Image.Image | None = None) -> dict:
+                   query_image: Image.Image | None = None,
+                   filters: dict[str, list[str]] | None = None) -> dict:
         """The `nns` nearest neighbours of `query` in every period of each step size of `steps`.
 
         {"urn", "metadata", ("vector",) "nns", "step", ("reprints",) "steps": {"all": [...], "10": [...]}}:
@@ -210,23 +214,27 @@ class Collection:
         """
         answer = self.item(query, vectors) if isinstance(query, str) else {"urn": None, "metadata": {}}
         answer.update(nns=nns, step=steps[0] if len(steps) == 1 else list(steps))
+        if filters:
+            answer["filters"] = filters
         if reprints <= 0:
-            answer["steps"] = self.periods(query, dict.fromkeys(steps, nns), vectors)
+            answer["steps"] = self.periods(query, dict.fromkeys(steps, nns), vectors, filters=filters)
             return answer
         answer["steps"], answer["reprints"] = self.periods_with_reprints(
-            query, dict.fromkeys(steps, nns), reprints, vectors, query_image=query_image)
+            query, dict.fromkeys(steps, nns), reprints, vectors, query_image=query_image, filters=filters)
         return answer
 
     def periods_with_reprints(self, query: str | Sequence[float] | np.ndarray, plan: dict[int | None, int],
                               reprints: int, vectors: bool = False, include_self: bool = False,
-                              query_image: Image.Image | None = None) -> tuple[dict[str, list[dict]], dict]:
+                              query_image: Image.Image | None = None,
+                              filters: dict[str, list[str]] | None = None
+                              ) -> tuple[dict[str, list[dict]], dict]:
         """periods(), with the `reprints` nearest images checked as neighbours() says; and what was
         checked ({"checked", "found", "images", ...})."""
         query_features = self._query_features(query, query_image)
         keys = {step_key(step): n for step, n in plan.items()}
         depth = max(reprints, min(MAX_CANDIDATES, LOOK_DEEPER * reprints))
         hits = self.core.search(self._query(query), {**keys, WHOLE: max(keys.get(WHOLE, 0), depth)},
-                                include_self)
+                                include_self, self.facets.mask(filters) if filters else None)
         candidates = hits[WHOLE][0]
         candidates = PeriodHits(candidates.period, candidates.rows[:depth], candidates.distances[:depth])
         if query_features is None:  # the search is answered all the same, saying why nothing was checked

@@ -63,8 +63,32 @@ class Problems:
                                          MAX_MESSAGE).strip("'\""))
 
 
+def query_values(query_string: str, name: str) -> list[str]:
+    """Every value of a parameter that may be given more than once (filter=...), in order."""
+    try:
+        text = query_string.encode("latin-1").decode("utf-8")
+        pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict",
+                          max_num_fields=MAX_PARAMETERS)
+    except (UnicodeError, ValueError):
+        return []  # parse_query_string says what is wrong
+    return [value for key, value in pairs if key == name]
+
+
+def parse_filters(values: Sequence[str]) -> dict[str, list[str]]:
+    """filter=column:value, repeatable: {column: [values]} (a row must have one of a column's values,
+    and pass every column's)."""
+    filters: dict[str, list[str]] = {}
+    for value in values:
+        column, separator, wanted = value.partition(":")
+        if not separator or not column.strip() or not wanted:
+            raise ParameterError(f"filter must be column:value (e.g. filter=newspaper:NRC Handelsblad), got "
+                                 f"{shorten(value)}")
+        filters.setdefault(column.strip(), []).append(wanted)
+    return filters
+
+
 def parse_query_string(query_string: str, allowed: Sequence[str], route: str,
-                       problems: Problems | None = None) -> dict[str, str]:
+                       problems: Problems | None = None, repeatable: Sequence[str] = ()) -> dict[str, str]:
     """The parameters of a WSGI QUERY_STRING as {name: value}, each given at most once; an unknown or
     repeated one is a ParameterError, or, with `problems`, kept there and left out.
 
@@ -86,7 +110,7 @@ def parse_query_string(query_string: str, allowed: Sequence[str], route: str,
     for name, value in pairs:
         if name not in allowed:
             unknown.append(shorten(name))
-        elif name in parameters:
+        elif name in parameters and name not in repeatable:
             repeated.append(repr(name))
         else:
             parameters[name] = value

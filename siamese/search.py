@@ -256,15 +256,19 @@ class SearchCore:
         projected = self.projection.query(descriptor)
         return Query(row, descriptor, projected, projected.tolist())
 
-    def search(self, query: Query, plan: dict[str, int],
-               include_self: bool = False) -> dict[str, list[PeriodHits]]:
+    def search(self, query: Query, plan: dict[str, int], include_self: bool = False,
+               allowed: np.ndarray | None = None) -> dict[str, list[PeriodHits]]:
         """The nearest rows to `query` in every period of each key of `plan` ("all" or a step size, as a
         string), `plan[key]` of them per period, best first; the query's own row is left out, unless
         `include_self` puts it in its own periods where its distance ranks it (the original Siamese did).
 
         Every index to be scanned is scanned in one pass over the codes, first; an index that would use
-        its trees but whose rows that pass covered takes its candidates from the scores instead."""
-        routes = {key: [self._route(index, n) for index in self.indices[key]] for key, n in plan.items()}
+        its trees but whose rows that pass covered takes its candidates from the scores instead.
+
+        `allowed` (a filter: True for the store rows that may be answered): every index is scanned then,
+        since Annoy's trees cannot leave rows out, and the rows not allowed never become candidates."""
+        routes = {key: [self._route(index, n, allowed is not None) for index in self.indices[key]]
+                  for key, n in plan.items()}
         spans = [index.span for key in plan
                  for index, route in zip(self.indices[key], routes[key], strict=True) if route.how == SCAN]
         covering = (min(start for start, _ in spans), max(stop for _, stop in spans)) if spans else (0, 0)
@@ -272,46 +276,54 @@ class SearchCore:
             assert self.codes is not None
             query.scored = covering
             query.scores = self.codes.scores(query.projected, *covering, threads=self.settings.threads)
+        scores = query.scores
+        if allowed is not None and scores is not None:  # a copy: the query's own scores stay unfiltered
+            scores = np.where(allowed[self.codes.order[query.scored[0]:query.scored[1]]], scores, np.inf)
         results = {}
         for key, n in plan.items():
             indices = self.indices[key]
-            parts = [self._candidates(query, index, route) for index, route in zip(indices, routes[key],
-                                                                                     strict=True)]
+            parts = [self._candidates(query, index, route, scores, allowed)
+                     for index, route in zip(indices, routes[key], strict=True)]
             hits = [PeriodHits(index.period, rows, distances) for index, (rows, distances)
-                    in zip(indices, self._rank(query, parts, n), strict=True)]
+                    in zip(indices, self._rank(query, parts, n, allowed), strict=True)]
             if include_self and query.row >= 0:
                 self._add_self(query, hits, n)
             results[key] = hits
         return results
 
-    def _route(self, index: Index, n: int) -> Route:
-        """How an index gives its candidates: the cheapest way for its size (see the module doc)."""
+    def _route(self, index: Index, n: int, filtered: bool = False) -> Route:
+        """How an index gives its candidates: the cheapest way for its size (see the module doc); with
+        a filter, never its trees."""
         settings, size = self.settings, len(index.rows)
         n_candidates = settings.n_candidates(n, size, self.metric)
         search_k = settings.search_k_for(n_candidates)
         n_candidates = int(n_candidates * self.candidate_multiplier)
         if size <= max(settings.brute_force_max_rows, n_candidates):
             how = ALL_ROWS
-        elif size <= settings.scan_below * search_k or index.annoy is None:
+        elif size <= settings.scan_below * search_k or index.annoy is None or filtered:
             how = ALL_ROWS if self.codes is None else SCAN
         else:
             how = TREES
         return Route(how, n_candidates, search_k)
 
-    def _candidates(self, query: Query, index: Index, route: Route) -> np.ndarray:
-        """The store rows among which the index's nearest to the query are (the query's own row too)."""
+    def _candidates(self, query: Query, index: Index, route: Route, scores: np.ndarray | None,
+                    allowed: np.ndarray | None) -> np.ndarray:
+        """The store rows among which the index's nearest to the query are (the query's own row too,
+        and, with a filter, rows it leaves out: _rank drops them). `scores`: the query's scores over
+        the codes it scanned, +inf where the filter leaves a row out."""
         how = SCAN if route.how == TREES and query.has_scanned(index.span) else route.how
         if how == ALL_ROWS:
-            return index.rows
+            return index.rows if allowed is None else index.rows[allowed[index.rows]]
         if how == SCAN:
-            assert self.codes is not None and query.scores is not None
+            assert self.codes is not None and scores is not None
             offset = index.span[0] - query.scored[0]
-            scores = query.scores[offset:offset + len(index.rows)]
+            scores = scores[offset:offset + len(index.rows)]
             return self.codes.order[index.span[0] + smallest(scores, route.n_candidates)]
         found = index.annoy.get_nns_by_vector(query.annoy, route.n_candidates, route.search_k)
         return index.rows[found]
 
-    def _rank(self, query: Query, parts: list[np.ndarray], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _rank(self, query: Query, parts: list[np.ndarray], n: int,
+              allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """The n nearest of each part's candidates (rows and exact distances, best first, the query's own
         row left out), all parts ranked in one go.
 
@@ -322,6 +334,8 @@ class SearchCore:
         candidates = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         owner = np.repeat(np.arange(len(parts)), [len(part) for part in parts])
         keep = candidates != query.row
+        if allowed is not None:
+            keep &= allowed[candidates]
         candidates, owner = candidates[keep], owner[keep]
         if self.descriptor_codes is not None and metric != "manhattan":
             scores = self.descriptor_codes.ranking_scores(query.vector, candidates)

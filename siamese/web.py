@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 import bottle
 
-from siamese.params import Problems, parse_query_string
+from siamese.params import Problems, parse_query_string, query_values
 
 # The page is one HTML file, one script and one style sheet of this server; the collection's description
 # is a <script type="application/json"> block, which is data, never run, so no inline script or style
@@ -86,11 +86,18 @@ def error_body(status: int, message: str) -> dict:
     return {"error": message, "status": status}
 
 
-def request_parameters(route: str, allowed: tuple[str, ...],
-                       problems: Problems | None = None) -> dict[str, str]:
-    """The request's query-string parameters, each at most once and all of them `allowed`
-    (ParameterError otherwise, which the routes answer with a 400; with `problems`, kept there)."""
-    return parse_query_string(bottle.request.environ.get("QUERY_STRING", ""), allowed, route, problems)
+def request_parameters(route: str, allowed: tuple[str, ...], problems: Problems | None = None,
+                       repeatable: tuple[str, ...] = ()) -> dict[str, str]:
+    """The request's query-string parameters, each at most once (but those `repeatable`: read them with
+    request_values) and all of them `allowed` (ParameterError otherwise, which the routes answer with a
+    400; with `problems`, kept there)."""
+    return parse_query_string(bottle.request.environ.get("QUERY_STRING", ""), allowed, route, problems,
+                              repeatable)
+
+
+def request_values(name: str) -> list[str]:
+    """Every value of the repeatable query-string parameter `name`."""
+    return query_values(bottle.request.environ.get("QUERY_STRING", ""), name)
 
 
 def with_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -459,3 +459,35 @@ def test_every_bad_parameter_is_named_in_one_answer(client, app_collection):
     assert single.startswith("nns must be") and "problems" not in single
     both = client.get("/api/random", {"n": "0", "period": "x"}, status=400).json["error"]
     assert both.startswith("2 problems: n must be") and "period must be" in both
+
+
+def test_filters_restrict_every_period_to_the_metadata_values_asked_for(client, app_collection, store):
+    urn = app_collection.urns[0]
+    makers = {item["metadata"]["maker"] for item in (store.items[row] for row in range(store.count))}
+    assert makers == {"google", "twitter"}
+    body = client.get(f"/api/neighbours?{urlencode({'urn': urn, 'nns': 4, 'step': 'all,1'})}"
+                      "&filter=maker:twitter").json
+    assert body["filters"] == {"maker": ["twitter"]}
+    twitter_rows = [row for row in range(store.count) if store.items[row]["metadata"]["maker"] == "twitter"]
+    for key, periods in body["steps"].items():
+        for period in periods:
+            assert all(neighbour["maker"] == "twitter" for neighbour in period["neighbours"]), key
+            in_period = [row for row in twitter_rows if store.items[row]["urn"] != urn
+                         and period["start"] <= store.items[row]["year"] <= period["end"]]
+            assert len(period["neighbours"]) == min(4, len(in_period))  # within the filter, as many as it has
+    top = body["steps"]["all"][0]["neighbours"]
+    unfiltered = get(client, "/api/neighbours", urn=urn, nns=48)["steps"]["all"][0]["neighbours"]
+    assert [n["urn"] for n in top] == [n["urn"] for n in unfiltered if n["maker"] == "twitter"][:4]
+    both = client.get(f"/api/neighbours?{urlencode({'urn': urn, 'nns': 48})}&filter=maker:twitter"
+                      "&filter=maker:google").json  # one column's values: any of them
+    assert len(both["steps"]["all"][0]["neighbours"]) == len(unfiltered)
+    category = top[0]["category"]
+    query = urlencode([("urn", urn), ("nns", 48), ("filter", "maker:twitter"),
+                       ("filter", f"category:{category}")])
+    narrowed = client.get(f"/api/neighbours?{query}").json
+    assert all(n["maker"] == "twitter" and n["category"] == category
+               for n in narrowed["steps"]["all"][0]["neighbours"])  # columns: all of them
+    unknown = client.get(f"/api/neighbours?{urlencode({'urn': urn, 'filter': 'colour:red'})}", status=400)
+    assert unknown.json["error"].startswith("no column 'colour' in this collection; its columns are date")
+    malformed = client.get(f"/api/neighbours?{urlencode({'urn': urn, 'filter': 'maker'})}", status=400)
+    assert "filter must be column:value" in malformed.json["error"]

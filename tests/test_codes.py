@@ -142,3 +142,28 @@ def test_a_directory_built_before_the_codes_gets_them_and_loses_its_scan_files(t
     assert {path.name: path.stat().st_mtime_ns for path in old.glob("*.ann")} == annoy_files
     for urn in VectorStore(store_dir).urns[::97]:
         assert reopened.neighbours(urn, 5, (None, 10, 1)) == fresh.neighbours(urn, 5, (None, 10, 1))
+
+
+def test_a_filter_leaves_rows_out_of_every_period_and_the_rest_ranks_as_exact_search(long_store):
+    store_dir, index_dir = long_store
+    store = VectorStore(store_dir)
+    core = SearchCore(store, index_dir, settings=SearchSettings(brute_force_max_rows=0))
+    allowed = np.random.default_rng(2).random(store.count) < 0.3  # a filter keeping 30 % of the rows
+    descriptors = np.asarray(core.vectors, np.float64)
+    years = store.years()
+    hits = total = 0
+    for row in range(0, store.count, 97):
+        found = core.search(core.query_for_row(row), {"all": 10, "10": 10, "1": 10}, allowed=allowed)
+        for period in [*found["all"], *found["10"], *found["1"]]:
+            assert allowed[period.rows].all()
+            members = np.flatnonzero((years >= period.period.start) & (years <= period.period.end) & allowed)
+            members = members[members != row]
+            exact = np.sqrt(((descriptors[members] - descriptors[row]) ** 2).sum(axis=1))
+            expected = members[np.argsort(exact, kind="stable")[:10]]
+            assert len(period.rows) == len(expected)
+            hits += len(set(expected.tolist()) & set(period.rows.tolist()))
+            total += len(expected)
+    assert hits / total >= 0.99, f"recall@10 within the filter {hits / total:.4f}"
+    unfiltered = core.query_for_row(5)
+    core.search(unfiltered, {"1": 10}, allowed=allowed)
+    assert np.isfinite(unfiltered.scores).sum() > allowed.sum()  # the query's own scores kept unfiltered
