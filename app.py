@@ -301,6 +301,13 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
             image["thumbnail"] = thumbnail_url(image["urn"], bottle.request.script_name)
         return json_answer({"n": n, "period": parameters.get("period"), "images": images})
 
+    @route("/api/facets")
+    def facets() -> str:
+        """The metadata columns a search can be filtered by from a list, with each value's count."""
+        request_parameters("/api/facets", ())
+        tag_by_collection()
+        return json_answer({"facets": now().facets.facets()})
+
     @route("/api/collection")
     def collection_info() -> str:
         request_parameters("/api/collection", ())
@@ -339,7 +346,7 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
             answer = upload.search(bottle.request, now(), embedder)
         except (ParameterError, upload.UploadError) as error:
             raise ApiError(error.status, str(error)) from None
-        except ReprintsUnavailable as error:
+        except (ReprintsUnavailable, UnknownColumn) as error:
             raise ApiError(400, str(error)) from None
         return answer_as(with_thumbnails(answer), bottle.request.environ.get("siamese.format"))
 

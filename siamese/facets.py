@@ -18,6 +18,7 @@ from siamese.vector_store import VectorStore
 
 ITEM_FIELDS = ("date", "year", "path")  # an item's own fields, filterable like its metadata columns
 CHUNK = 50_000  # items parsed at a time while a column is read
+MAX_FACET_VALUES = 50  # a column with more distinct values is no list to choose from
 
 
 class UnknownColumn(ValueError):
@@ -83,6 +84,17 @@ class Facets:
                     continue
                 codes[row] = numbers.setdefault(str(value), len(numbers))
         return Column(codes, list(numbers))
+
+    def facets(self, max_values: int = MAX_FACET_VALUES) -> list[dict]:
+        """The metadata columns worth choosing from (2 to max_values distinct values), each with its
+        values and their counts: [{"name", "values": [[value, count], ...]}]. Others (titles, ids) are
+        filtered by naming a value (filter=column:value) rather than chosen from a list."""
+        chosen = []
+        for name in self.names():
+            column = self.column(name)
+            if 2 <= len(column.values) <= max_values:
+                chosen.append({"name": name, "values": [list(pair) for pair in column.counts()]})
+        return chosen
 
     def mask(self, filters: dict[str, list[str]]) -> np.ndarray:
         """The rows that pass every column's filter (a row passes a column's when it has one of the

@@ -35,10 +35,12 @@ from siamese.params import (
     DEFAULT_NNS,
     MAX_NNS,
     parse_count,
+    parse_filters,
     parse_format,
     parse_query_string,
     parse_reprints,
     parse_steps,
+    query_values,
     shorten,
 )
 from siamese.reprints import MAX_CANDIDATES, WORKING_SIDE
@@ -47,7 +49,8 @@ from siamese.system import process_running, return_freed_memory
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024  # multipart boundaries, part headers and the small form fields
 TEMPORARY_PREFIX = "siamese-upload-"
-FIELDS = ("image", "nns", "step", "reprints", "format")
+FIELDS = ("image", "nns", "step", "reprints", "format", "filter")
+REPEATABLE = ("filter",)  # filter=column:value, as often as wanted
 ACCEPTED_TYPES = ("image/", "application/octet-stream")  # octet-stream: what some clients send for files
 
 MAX_CONCURRENT_DECODES = 2
@@ -154,21 +157,26 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = 
     `max_bytes`: the largest image accepted (default MAX_UPLOAD_BYTES)."""
     max_bytes = MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
     check_length(request.environ, max_bytes)
-    parameters = parse_query_string(request.environ.get("QUERY_STRING", ""),
-                                    ("nns", "step", "reprints", "format"), "POST /api/search")
+    query_string = request.environ.get("QUERY_STRING", "")
+    parameters = parse_query_string(query_string, ("nns", "step", "reprints", "format", "filter"),
+                                    "POST /api/search", repeatable=REPEATABLE)
+    filters = query_values(query_string, "filter")
     post = _form_fields(request)
     for name in post:
         if name not in FIELDS:
             raise UploadError(400, f"unknown field {shorten(_utf8(name, 'a field name'))}; POST /api/search "
-                                   "takes a file field 'image' and the fields nns, step, reprints and "
-                                   "format")
+                                   "takes a file field 'image' and the fields nns, step, reprints, format "
+                                   "and filter")
         values = post.getall(name)
-        if len(values) > 1 or (name != "image" and name in parameters):
+        if name not in REPEATABLE and (len(values) > 1 or (name != "image" and name in parameters)):
             raise UploadError(400, f"field {name!r} given more than once; give it once")
         if name != "image":
-            if not isinstance(values[0], str):
+            if not all(isinstance(value, str) for value in values):
                 raise UploadError(400, f"field {name!r} must be a plain value, not a file")
-            parameters[name] = _utf8(values[0], f"field {name!r}")
+            if name in REPEATABLE:
+                filters += [_utf8(value, f"field {name!r}") for value in values]
+            else:
+                parameters[name] = _utf8(values[0], f"field {name!r}")
     upload = post.get("image")
     if upload is None:
         raise UploadError(400, "field 'image' is required: the image file to search with "
@@ -192,6 +200,7 @@ def read_form(request: bottle.BaseRequest, steps: list[int], default_nns: int = 
     nns = parse_count(parameters.get("nns"), "nns", default_nns, max_nns)
     request.environ["siamese.reprints"] = parse_reprints(parameters.get("reprints"), MAX_CANDIDATES)
     request.environ["siamese.format"] = parse_format(parameters.get("format"))
+    request.environ["siamese.filters"] = parse_filters(filters)
     return upload, nns, parse_steps(parameters.get("step"), steps)
 
 
@@ -209,9 +218,14 @@ def search(request: bottle.BaseRequest, collection: Collection, embedder: Embedd
     if reprints:
         collection.require_reprint_images()  # refused before the upload is decoded
     vector, metadata, image = embed_upload(upload, collection, embedder, with_image=reprints > 0)
-    answer = collection.neighbours(vector, nns, steps, reprints=reprints, query_image=image)
+    filters = request.environ["siamese.filters"]
+    if filters:
+        collection.facets.mask(filters)  # an unknown column refused before the upload is decoded
+    answer = collection.neighbours(vector, nns, steps, reprints=reprints, query_image=image, filters=filters)
     result = {"urn": None, "metadata": metadata, "model": collection.model, "nns": answer["nns"],
               "step": answer["step"]}
+    if "filters" in answer:
+        result["filters"] = answer["filters"]
     if "reprints" in answer:
         result["reprints"] = answer["reprints"]
     result["steps"] = answer["steps"]

@@ -14,7 +14,7 @@
 
   const $ = (id) => document.getElementById(id);
   let requestNumber = 0;  // answers to superseded requests are dropped
-  let current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
+  let current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS, filters: [] };  // filters: ["column:value"]
   let currentUpload = null;  // { file, url } while the page shows the results of an uploaded image
   const MAX_UPLOAD_BYTES = 20 * 1024 * 1024;  // the server's limit (it answers 413 above it)
   // Reprints: the nearest images checked for being the same printed image (another scan, a reprint),
@@ -38,7 +38,8 @@
   }
 
   function pageUrl(state) {
-    return "?" + new URLSearchParams({ urn: state.urn, step: String(state.step), nns: String(state.nns) });
+    return "?" + new URLSearchParams([["urn", state.urn], ["step", String(state.step)], ["nns", String(state.nns)],
+                                      ...(state.filters || []).map((filter) => ["filter", filter])]);
   }
 
   function title(item) {
@@ -85,7 +86,7 @@
   async function postImage(file, parameters) {
     const body = new FormData();
     body.append("image", file, file.name || "upload");
-    for (const [name, value] of Object.entries(parameters)) body.append(name, value);
+    for (const [name, value] of new URLSearchParams(parameters)) body.append(name, value);
     let response;
     try {
       response = await fetch("api/search", { method: "POST", body: body, headers: { Accept: "application/json" } });
@@ -109,7 +110,8 @@
   function setDownloads(parameters, file) {
     for (const format of ["csv", "json"]) {
       const link = $("download-" + format);
-      const query = new URLSearchParams({ ...parameters, format: format });
+      const query = new URLSearchParams(parameters);
+      query.set("format", format);
       link.onclick = null;
       if (file === null) {
         link.href = "api/neighbours?" + query;
@@ -195,7 +197,7 @@
         return;  // a new tab or window: let the browser follow the link
       }
       event.preventDefault();
-      search({ urn: item.urn, step: current.step, nns: current.nns }, "push");
+      search({ ...current, urn: item.urn }, "push");
       window.scrollTo({ top: 0 });
     });
     return link;
@@ -258,7 +260,7 @@
       button.dataset.step = String(size);
       button.setAttribute("aria-pressed", String(size === state.step));
       button.addEventListener("click", () => {
-        if (size !== current.step) rerun({ urn: current.urn, step: size, nns: current.nns });
+        if (size !== current.step) rerun({ ...current, step: size });
       });
       return button;
     }));
@@ -423,6 +425,39 @@
     return row;
   }
 
+  // Filters: a list for each metadata column with few values (api/facets: its values and how many
+  // images have each), as Datasette's facets; choosing one searches again within it, in every period.
+  let facets = [];
+
+  async function loadFacets() {
+    try {
+      facets = (await getJson("api/facets", {})).facets;
+    } catch (error) {
+      facets = [];
+    }
+    drawFilters(current.filters);
+  }
+
+  function drawFilters(filters) {
+    const chosen = new Map(filters.map((filter) => [filter.slice(0, filter.indexOf(":")), filter.slice(filter.indexOf(":") + 1)]));
+    $("filters").hidden = facets.length === 0;
+    $("filters").replaceChildren(element("span", { className: "filters-title", textContent: "Only:" }),
+      ...facets.map((facet) => {
+        const select = element("select");
+        select.setAttribute("aria-label", "Only images whose " + facet.name + " is");
+        select.dataset.column = facet.name;
+        select.append(element("option", { value: "", textContent: "any " + facet.name }),
+          ...facet.values.map(([value, count]) => element("option", {
+            value: value, textContent: value + " (" + count + ")", selected: chosen.get(facet.name) === value,
+          })));
+        select.addEventListener("change", () => {
+          const others = current.filters.filter((filter) => !filter.startsWith(facet.name + ":"));
+          rerun({ ...current, filters: select.value ? [...others, facet.name + ":" + select.value] : others });
+        });
+        return element("label", { className: "filter" }, [select]);
+      }));
+  }
+
   // ------------------------------------------------------------------------------ searching
 
   function remember(state, how) {
@@ -438,14 +473,16 @@
     showBusy("Searching…");
     try {
       // One request: the whole collection (the top list) and the timeline's step, answered together.
-      const parameters = { urn: state.urn, nns: String(state.nns), step: "all," + String(state.step) };
-      if (REPRINTS) parameters.reprints = REPRINTS;
+      const parameters = [["urn", state.urn], ["nns", String(state.nns)], ["step", "all," + String(state.step)],
+                          ...(REPRINTS ? [["reprints", REPRINTS]] : []),
+                          ...(state.filters || []).map((filter) => ["filter", filter])];
       const answer = await getJson("api/neighbours", parameters);
       if (mine !== requestNumber) return;
       forgetUpload();
       setDownloads(parameters, null);
       const step = answer.step[1];
-      current = { urn: answer.urn, step: step, nns: answer.nns };
+      current = { urn: answer.urn, step: step, nns: answer.nns, filters: state.filters || [] };
+      drawFilters(current.filters);
       const periods = answer.steps[String(step)];
       hideMessage();
       $("start").hidden = true;
@@ -494,8 +531,9 @@
     const mine = ++requestNumber;
     showBusy("Reading the image and searching… (the first upload also loads the model: up to a minute)");
     try {
-      const parameters = { nns: String(state.nns), step: "all," + String(state.step) };
-      if (REPRINTS) parameters.reprints = REPRINTS;
+      const parameters = [["nns", String(state.nns)], ["step", "all," + String(state.step)],
+                          ...(REPRINTS ? [["reprints", REPRINTS]] : []),
+                          ...(state.filters || []).map((filter) => ["filter", filter])];
       const answer = await postImage(file, parameters);
       if (mine !== requestNumber) return;
       if (currentUpload === null || currentUpload.file !== file) {
@@ -504,7 +542,8 @@
       }
       setDownloads(parameters, file);
       const step = answer.step[1];
-      current = { urn: null, step: step, nns: answer.nns };
+      current = { urn: null, step: step, nns: answer.nns, filters: state.filters || [] };
+      drawFilters(current.filters);
       const periods = answer.steps[String(step)];
       hideMessage();
       $("start").hidden = true;
@@ -563,9 +602,10 @@
     const urn = parameters.get("urn");
     const [step, nns, notice] = pageParameters(parameters);
     if (urn) {
-      search({ urn: urn, step: step, nns: nns }, how, notice);
+      search({ urn: urn, step: step, nns: nns, filters: parameters.getAll("filter").filter((f) => f.includes(":")) },
+             how, notice);
     } else {
-      current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS };
+      current = { urn: null, step: DEFAULT_STEP, nns: DEFAULT_NNS, filters: [] };
       forgetUpload();
       hideMessage();
       $("urn").value = "";
@@ -577,18 +617,18 @@
   $("search").addEventListener("submit", (event) => {
     event.preventDefault();
     const urn = $("urn").value.trim();
-    if (urn) search({ urn: urn, step: current.step, nns: current.nns }, "push");
+    if (urn) search({ ...current, urn: urn }, "push");
   });
 
   $("nns").addEventListener("change", () => {
-    rerun({ urn: current.urn, step: current.step, nns: Number($("nns").value) });
+    rerun({ ...current, nns: Number($("nns").value) });
   });
 
   // Query by upload: the file picker, and the drop zone around it.
   function startUpload(files) {
     const file = files && files[0];
     if (!file) return;
-    searchUpload(file, { urn: null, step: current.step, nns: current.nns });
+    searchUpload(file, { ...current, urn: null });
   }
 
   $("upload-file").addEventListener("change", (event) => {
@@ -612,7 +652,7 @@
   $("random").addEventListener("click", async () => {
     try {
       const answer = await getJson("api/random", { n: "1" });
-      if (answer.images.length) search({ urn: answer.images[0].urn, step: current.step, nns: current.nns }, "push");
+      if (answer.images.length) search({ ...current, urn: answer.images[0].urn }, "push");
       else showMessage("The collection is empty.");
     } catch (error) {
       showMessage(error.message);
@@ -621,4 +661,5 @@
 
   window.addEventListener("popstate", () => fromLocation("none"));
   fromLocation("replace");
+  loadFacets();
 })();

@@ -343,3 +343,31 @@ def test_on_a_phone_the_results_come_before_the_query_card(server, browser, app_
         neighbours = phone.locator("#neighbours").bounding_box()
         card = phone.locator(".query-card").bounding_box()
         assert neighbours["y"] < card["y"] and neighbours["y"] < 844  # the results are on the first screen
+
+
+def test_filters_narrow_the_timeline_and_are_kept_in_the_address(server, page, app_collection):
+    urn = app_collection.pairs[1][0]  # a Google drawing: its nearest include both makers' drawings
+    page.goto(f"{server}?{urlencode({'urn': urn, 'step': 1})}")
+    wait_for_query(page, urn, 1)
+    maker = page.locator("#filters select[data-column='maker']")
+    maker.wait_for()
+    options = maker.locator("option").all_inner_texts()
+    counts = {text.split(" (")[0]: int(text.split(" (")[1].rstrip(")")) for text in options[1:]}
+    assert options[0] == "any maker" and set(counts) == {"google", "twitter"}
+    assert sum(counts.values()) == len(app_collection.urns)  # each value with the images that have it
+    shown = ("() => [...document.querySelectorAll('#neighbours .thumb, #timeline .thumb')]"
+             ".map(a => a.dataset.urn)")
+    assert any(":google:" in shown_urn for shown_urn in page.evaluate(shown))
+    maker.select_option("twitter")
+    page.wait_for_function("() => !document.body.classList.contains('busy') "
+                           "&& new URLSearchParams(location.search).get('filter') === 'maker:twitter'")
+    narrowed = page.evaluate(shown)
+    assert narrowed and all(":twitter:" in shown_urn for shown_urn in narrowed)
+    assert query_of(page)["filter"] == "maker:twitter" and maker.input_value() == "twitter"
+    page.reload()  # the address alone gives the same filtered search
+    wait_for_query(page, urn, 1)
+    assert page.evaluate(shown) == narrowed
+    page.locator("#filters select[data-column='maker']").select_option("")
+    page.wait_for_function("() => !document.body.classList.contains('busy') "
+                           "&& !new URLSearchParams(location.search).has('filter')")
+    assert any(":google:" in shown_urn for shown_urn in page.evaluate(shown))

@@ -349,3 +349,30 @@ def test_the_model_is_loaded_once_per_process_even_by_concurrent_first_uploads(m
     backbones.unload_shared(fake.name)
     assert backbones.shared_embedder(fake.name) is not got[0] and len(loads) == 2  # loaded again
     backbones.unload_shared(fake.name)
+
+
+def test_an_upload_can_be_filtered_like_a_urn_search(client, emoji_pairs, emoji_metadata):
+    google, twitter = emoji_pairs[4]
+    data = (emoji_metadata.parent / google["path"]).read_bytes()
+    answer = client.post("/api/search", [("nns", "5"), ("step", "all,1"), ("filter", "maker:twitter")],
+                         upload_files=[("image", "q.png", data, "image/png")]).json
+    assert answer["filters"] == {"maker": ["twitter"]}
+    found = [n for periods in answer["steps"].values() for p in periods for n in p["neighbours"]]
+    assert found and all(n["maker"] == "twitter" for n in found)
+    assert answer["steps"]["all"][0]["neighbours"][0]["urn"] == twitter["urn"]  # its twin, the other maker's
+    also = client.post("/api/search?filter=maker:twitter&filter=maker:google", [("nns", "5")],
+                       upload_files=[("image", "q.png", data, "image/png")]).json
+    assert also["filters"] == {"maker": ["twitter", "google"]}
+    refused = client.post("/api/search", [("filter", "colour:red")],
+                          upload_files=[("image", "q.png", data, "image/png")], status=400).json
+    assert refused["error"].startswith("no column 'colour' in this collection")
+
+
+def test_facets_list_the_few_valued_columns_with_their_counts(client, collection):
+    facets = {facet["name"]: dict(facet["values"]) for facet in client.get("/api/facets").json["facets"]}
+    assert set(facets["maker"]) == {"google", "twitter"}
+    assert sum(facets["maker"].values()) == collection.count
+    assert all(2 <= len(values) <= 50 for values in facets.values())
+    few = {facet["name"] for facet in collection.facets.facets(max_values=10)}
+    assert "maker" in few and "name" not in few  # 25 names: a filter to type, not a list to choose from
+    assert client.get("/api/facets?x=1", status=400).json["error"].startswith("unknown parameter 'x'")

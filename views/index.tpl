@@ -45,6 +45,7 @@
     </section>
 
     <div id="results" class="results" hidden>
+      <div id="filters" class="filters" role="group" aria-label="Filters" hidden></div>
       <aside class="query-card" aria-labelledby="query-title">
         <h2 class="card-heading">Query image</h2>
         <figure id="query" class="query-figure"></figure>
