@@ -223,9 +223,95 @@
     $("query-metadata").replaceChildren(...rows);
     $("urn").value = answer.urn;
     document.title = title(item) + " — Siamese";
+    shownItem = Object.assign({ urn: answer.urn }, metadata, { thumbnail: answer.thumbnail });
+    drawBasket();
   }
 
+  // ------------------------------------------------------------------------------ the basket
+  // Images kept across searches (the query of the moment: "Keep in the basket"), in this browser's
+  // localStorage, so that a reload or another day keeps them; downloaded as CSV or JSON made here.
+  const BASKET_KEY = "siamese-basket";
+  let shownItem = null;  // the query image shown (a urn of the collection), with its metadata
+
+  function basket() {
+    try {
+      const kept = JSON.parse(localStorage.getItem(BASKET_KEY) || "[]");
+      return Array.isArray(kept) ? kept : [];
+    } catch (error) {
+      return [];
+    }
+  }
+
+  function saveBasket(kept) {
+    try {
+      localStorage.setItem(BASKET_KEY, JSON.stringify(kept));
+    } catch (error) {
+      showMessage("The basket cannot be saved in this browser (" + error.message + ").");
+    }
+    drawBasket();
+  }
+
+  function drawBasket() {
+    const kept = basket();
+    $("basket").hidden = kept.length === 0;
+    $("basket-count").textContent = String(kept.length);
+    $("basket-images").replaceChildren(...kept.map((item) => thumbnail(item)));
+    const isKept = shownItem !== null && kept.some((item) => item.urn === shownItem.urn);
+    $("keep").hidden = shownItem === null;
+    $("keep").setAttribute("aria-pressed", String(isKept));
+    $("keep").textContent = isKept ? "Kept in the basket ✓ (remove)" : "Keep in the basket";
+  }
+
+  $("keep").addEventListener("click", () => {
+    if (shownItem === null) return;
+    const kept = basket();
+    const others = kept.filter((item) => item.urn !== shownItem.urn);
+    saveBasket(others.length < kept.length ? others : [...kept, { ...shownItem, kept: new Date().toISOString() }]);
+  });
+
+  $("basket-empty").addEventListener("click", () => saveBasket([]));
+
+  function basketCsv(kept) {
+    const fixed = ["urn", "date", "year", "path"];
+    const columns = [...fixed];
+    for (const item of kept) {
+      for (const name of Object.keys(item)) {
+        if (!columns.includes(name) && !["thumbnail", "kept", "distance"].includes(name)) columns.push(name);
+      }
+    }
+    columns.push("kept", "siamese_url");
+    const page = new URL(".", window.location.href).href;
+    const cell = (value) => {
+      let text = value === undefined || value === null ? "" : String(value);
+      if (/^[=+\-@\t\r]/.test(text)) text = "'" + text;  // never a formula in a spreadsheet
+      return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text;
+    };
+    const rows = kept.map((item) => columns.map((name) =>
+      cell(name === "siamese_url" ? page + "?" + new URLSearchParams({ urn: item.urn }) : item[name])).join(","));
+    return [columns.join(","), ...rows].join("\r\n") + "\r\n";
+  }
+
+  function download(name, type, text) {
+    const url = URL.createObjectURL(new Blob([text], { type: type }));
+    const save = element("a", { href: url, download: name });
+    document.body.append(save);
+    save.click();
+    save.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  $("basket-csv").addEventListener("click", (event) => {
+    event.preventDefault();
+    download("siamese-basket.csv", "text/csv", basketCsv(basket()));
+  });
+  $("basket-json").addEventListener("click", (event) => {
+    event.preventDefault();
+    download("siamese-basket.json", "application/json", JSON.stringify(basket(), null, 1));
+  });
+
   function drawUploadQuery(answer, url) {
+    shownItem = null;  // an upload is not in the collection: nothing to keep
+    drawBasket();
     const metadata = answer.metadata;
     const preview = element("img", { src: url, alt: "the uploaded image", className: "upload-preview" });
     $("query").replaceChildren(preview);
@@ -662,4 +748,6 @@
   window.addEventListener("popstate", () => fromLocation("none"));
   fromLocation("replace");
   loadFacets();
+  drawBasket();
+  window.addEventListener("storage", (event) => { if (event.key === BASKET_KEY) drawBasket(); });  // other tabs
 })();

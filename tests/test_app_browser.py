@@ -371,3 +371,36 @@ def test_filters_narrow_the_timeline_and_are_kept_in_the_address(server, page, a
     page.wait_for_function("() => !document.body.classList.contains('busy') "
                            "&& !new URLSearchParams(location.search).has('filter')")
     assert any(":google:" in shown_urn for shown_urn in page.evaluate(shown))
+
+
+def test_the_basket_keeps_images_across_searches_and_a_reload_and_downloads_them(server, page,
+                                                                                   app_collection):
+    import csv
+    import io
+
+    first, second = app_collection.urns[8], app_collection.urns[9]
+    page.goto(f"{server}?{urlencode({'urn': first})}")
+    wait_for_query(page, first, 1)
+    assert page.locator("#basket").is_hidden()
+    assert page.locator("#keep").get_attribute("aria-pressed") == "false"
+    page.click("#keep")
+    assert page.locator("#basket-count").inner_text() == "1"
+    assert page.locator("#keep").get_attribute("aria-pressed") == "true"
+    page.fill("#urn", second)
+    page.press("#urn", "Enter")
+    wait_for_query(page, second, 1)
+    assert page.locator("#keep").get_attribute("aria-pressed") == "false"  # another image: not kept yet
+    page.click("#keep")
+    page.reload()  # kept in the browser, not in the page
+    wait_for_query(page, second, 1)
+    kept = page.locator("#basket-images .thumb").evaluate_all("links => links.map(link => link.dataset.urn)")
+    assert kept == [first, second] and page.locator("#basket-count").inner_text() == "2"
+    with page.expect_download() as download:
+        page.click("#basket-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    assert [row["urn"] for row in rows] == [first, second]
+    assert all(row["name"] and row["year"] and row["kept"] and "?urn=" in row["siamese_url"] for row in rows)
+    page.click("#keep")  # kept already: taken out again
+    assert page.locator("#basket-count").inner_text() == "1"
+    page.click("#basket-empty")
+    assert page.locator("#basket").is_hidden()

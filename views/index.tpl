@@ -50,6 +50,7 @@
         <h2 class="card-heading">Query image</h2>
         <figure id="query" class="query-figure"></figure>
         <h3 id="query-title" class="query-title"></h3>
+        <button id="keep" class="keep" type="button" aria-pressed="false" hidden>Keep in the basket</button>
         <dl id="query-metadata" class="metadata"></dl>
       </aside>
 
@@ -82,6 +83,13 @@
           <a id="download-csv" href="#">CSV</a> · <a id="download-json" href="#">JSON</a></p>
       </div>
     </div>
+    <section id="basket" class="basket" aria-labelledby="basket-heading" hidden>
+      <h2 id="basket-heading">Basket: <span id="basket-count">0</span> kept</h2>
+      <p class="hint">Images kept across searches (in this browser); download them as a list.</p>
+      <div id="basket-images" class="grid"></div>
+      <p class="downloads"><a id="basket-csv" href="#">CSV</a> · <a id="basket-json" href="#">JSON</a> ·
+        <button id="basket-empty" type="button" class="link-button">empty the basket</button></p>
+    </section>
   </main>
 
   <footer class="footer">
