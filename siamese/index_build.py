@@ -245,8 +245,8 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
         if needed and project.components is not None else None
     codes_record = _codes(index_dir, manifest, descriptors, descriptors_record, project, recorded,
                           layout.store_state(store), years,
-                          projected if needed and len(needed[0]) == len(years) and stale.get(layout.WHOLE)
-                          else None, not transform.is_identity, verbose)
+                          projected if layout.WHOLE in stale else None,  # then every row was projected
+                          not transform.is_identity, verbose)
     seconds = {"projection": time.perf_counter() - clock}  # where the time went, for the report
     annoy_metric = project.annoy_metric(settings["descriptor_dimensions"], settings["index_dimensions"])
     written = time.perf_counter()

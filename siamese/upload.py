@@ -220,7 +220,8 @@ def search(request: bottle.BaseRequest, collection: Collection, embedder: Embedd
     vector, metadata, image = embed_upload(upload, collection, embedder, with_image=reprints > 0)
     filters = request.environ["siamese.filters"]
     if filters:
-        collection.facets.mask(filters)  # an unknown column refused before the upload is decoded
+        for name in filters:  # an unknown column refused before the upload is decoded
+            collection.facets.column(name)
     answer = collection.neighbours(vector, nns, steps, reprints=reprints, query_image=image, filters=filters)
     result = {"urn": None, "metadata": metadata, "model": collection.model, "nns": answer["nns"],
               "step": answer["step"]}

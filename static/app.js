@@ -127,12 +127,7 @@
           if (!response.ok) { showMessage("The download failed: the server answered " + response.status + "."); return; }
           const disposition = response.headers.get("Content-Disposition") || "";
           const name = (disposition.match(/filename="([^"]+)"/) || [null, "siamese-upload." + format])[1];
-          const url = URL.createObjectURL(await response.blob());
-          const save = element("a", { href: url, download: name });
-          document.body.append(save);
-          save.click();
-          save.remove();
-          setTimeout(() => URL.revokeObjectURL(url), 10000);
+          saveFile(name, await response.blob());
         };
       }
     }
@@ -291,8 +286,9 @@
     return [columns.join(","), ...rows].join("\r\n") + "\r\n";
   }
 
-  function download(name, type, text) {
-    const url = URL.createObjectURL(new Blob([text], { type: type }));
+  // Save `blob` as the file `name` (what a download link does, for data the page holds or fetched).
+  function saveFile(name, blob) {
+    const url = URL.createObjectURL(blob);
     const save = element("a", { href: url, download: name });
     document.body.append(save);
     save.click();
@@ -302,11 +298,11 @@
 
   $("basket-csv").addEventListener("click", (event) => {
     event.preventDefault();
-    download("siamese-basket.csv", "text/csv", basketCsv(basket()));
+    saveFile("siamese-basket.csv", new Blob([basketCsv(basket())], { type: "text/csv" }));
   });
   $("basket-json").addEventListener("click", (event) => {
     event.preventDefault();
-    download("siamese-basket.json", "application/json", JSON.stringify(basket(), null, 1));
+    saveFile("siamese-basket.json", new Blob([JSON.stringify(basket(), null, 1)], { type: "application/json" }));
   });
 
   function drawUploadQuery(answer, url) {
