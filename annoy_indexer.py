@@ -41,6 +41,7 @@ from siamese.cli import Parser, run_command
 from siamese.collection import Collection
 from siamese.descriptors import DEFAULT_DESCRIPTOR_DIMENSIONS, DESCRIPTORS
 from siamese.index_build import (
+    BACKENDS,
     DEFAULT_INDEX_DIMENSIONS,
     DEFAULT_N_TREES,
     IndexConfig,
@@ -51,6 +52,7 @@ from siamese.index_build import (
 from siamese.index_dir import WHOLE, built_step_sizes, read_manifest
 from siamese.index_dir import verify as verify_indices
 from siamese.projection import METRICS, exact_distances
+from siamese.qdrant_index import QdrantLocation
 from siamese.reprints import MAX_CANDIDATES
 from siamese.search import SearchSettings
 from siamese.vector_store import StoreError, VectorStore
@@ -86,6 +88,15 @@ class AnnoyIndexer:
     thumbnail_dir, images_root : the collection's thumbnails (make_thumbnails.py), or the folder its
         image paths are relative to: what query_all(..., reprints=K) checks reprints on (the originals
         when images_root is given).
+    backend : 'annoy' (files in index_dir) or 'qdrant' (a Qdrant collection, for collections beyond one
+        machine: docs/scale-out.md); None: the index directory's, or 'annoy' for a new one ('qdrant'
+        when qdrant_url or qdrant_path is given). Chosen at build time and recorded in the manifest:
+        later indexers over the directory need not say it again.
+    qdrant_url, qdrant_path : the Qdrant server (its API key from the QDRANT_API_KEY variable), or a
+        folder for qdrant-client's local mode (one process; tests and small collections); None: where
+        the directory's collection is.
+    qdrant_collection : the prefix of the collection's name on the server (None: one derived from
+        index_dir).
 
     An index directory holds one configuration (metric, model, n_dimensions, descriptor,
     descriptor_dimensions, index_dimensions, n_trees); asking for another is a ValueError unless
@@ -100,13 +111,22 @@ class AnnoyIndexer:
                  verbose: bool = True, search_settings: SearchSettings | None = None,
                  descriptor: str | None = None, descriptor_dimensions: int | None = None,
                  thumbnail_dir: str | os.PathLike | None = None,
-                 images_root: str | os.PathLike | None = None) -> None:
+                 images_root: str | os.PathLike | None = None, backend: str | None = None,
+                 qdrant_url: str | None = None, qdrant_path: str | os.PathLike | None = None,
+                 qdrant_collection: str | None = None) -> None:
         self.vector_dir = Path(vector_dir)
         self.index_dir = Path(index_dir)
         self.thumbnail_dir = None if thumbnail_dir is None else Path(thumbnail_dir)
         self.images_root = None if images_root is None else Path(images_root)
+        qdrant = None
+        if qdrant_url is not None or qdrant_path is not None:
+            qdrant = QdrantLocation(qdrant_url, None if qdrant_path is None else str(qdrant_path),
+                                    qdrant_collection)
+            backend = "qdrant" if backend is None else backend
+        elif qdrant_collection is not None:
+            raise ValueError("qdrant_collection needs qdrant_url or qdrant_path")
         self._config = IndexConfig(metric, step_sizes_of(step_sizes), n_trees, index_dimensions,
-                                   descriptor, descriptor_dimensions)
+                                   descriptor, descriptor_dimensions, backend, qdrant)
         self.search_k = None if search_k is None else positive_int(search_k, "search_k")
         settings = search_settings or SearchSettings()
         if self.search_k is not None:
@@ -347,6 +367,20 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--descriptor-dimensions", type=int, default=None, metavar="D",
                        help="dimensions the whitening keeps (default: the index dir's, or "
                             f"{DEFAULT_DESCRIPTOR_DIMENSIONS})")
+    build.add_argument("--backend", choices=BACKENDS, default=None,
+                       help="where each period's candidates come from: 'annoy' (files in INDEX_DIR) or "
+                            "'qdrant' (a Qdrant collection, for collections beyond one machine: "
+                            "pip install '.[qdrant]', docs/scale-out.md); default: the index dir's, or "
+                            "annoy ('qdrant' when a --qdrant-url or --qdrant-path is given)")
+    build.add_argument("--qdrant-url", metavar="URL",
+                       help="the Qdrant server, e.g. http://localhost:6333 (its API key from the "
+                            "QDRANT_API_KEY variable)")
+    build.add_argument("--qdrant-path", metavar="DIR",
+                       help="a folder for qdrant-client's local mode instead of a server (one process at a "
+                            "time; tests and small collections)")
+    build.add_argument("--qdrant-collection", metavar="NAME",
+                       help="the prefix of the collection's name on the server (default: derived from "
+                            "INDEX_DIR)")
     build.add_argument("--force", action="store_true",
                        help="rebuild everything, replacing indices of another metric, model or setting")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -481,7 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    step_sizes=arguments.steps, n_trees=arguments.trees,
                                    index_dimensions=arguments.index_dimensions, verbose=not arguments.quiet,
                                    descriptor=arguments.descriptor,
-                                   descriptor_dimensions=arguments.descriptor_dimensions)
+                                   descriptor_dimensions=arguments.descriptor_dimensions,
+                                   backend=arguments.backend, qdrant_url=arguments.qdrant_url,
+                                   qdrant_path=arguments.qdrant_path,
+                                   qdrant_collection=arguments.qdrant_collection)
             report = indexer.build(force=arguments.force)
             print(f"{report['built']} indices built, {report['up_to_date']} up to date, "
                   f"{report['empty']} empty periods, in {report['seconds']:.1f} s ({arguments.index_dir})")

@@ -35,6 +35,13 @@ from siamese.descriptors import (
 )
 from siamese.periods import Period, periods_between, validate_step
 from siamese.projection import PROJECTION_SAMPLE, Projection, check_metric, fit_projection
+from siamese.qdrant_index import (
+    QdrantLocation,
+    QdrantUnavailable,
+    connect,
+    drop_collections,
+    load_collection,
+)
 from siamese.vector_store import VectorStore
 
 DEFAULT_N_TREES = 20
@@ -45,9 +52,10 @@ CHUNK = 16_384  # rows read from the memory map at a time while building
 # rewriting the manifest); a killed build loses at most this much work.
 MANIFEST_INTERVAL = 1.0
 CONFIGURATION = ("metric", "model", "n_dimensions", "descriptor", "descriptor_dimensions", "index_dimensions",
-                 "n_trees")  # one per directory
+                 "n_trees", "backend")  # one per directory
 CODES_VERSION = 1  # what the codes' fingerprint depends on besides the rows: a new layout rewrites them
-LEGACY = {"descriptor": "raw"}  # what a directory built before a setting existed holds
+LEGACY = {"descriptor": "raw", "backend": "annoy"}  # what a directory built before a setting existed holds
+BACKENDS = ("annoy", "qdrant")  # where the periods' candidates come from (siamese/qdrant_index.py)
 
 
 def positive_int(value: object, name: str) -> int:
@@ -77,6 +85,12 @@ class IndexConfig:
         root, PCA-whitened on the collection itself, unit length; far more robust to what scanning and
         reprinting do to an image, docs/quality.md) or 'raw' (the stored vectors as they are); None: the
         index directory's setting, or 'whitened' for a new one ('raw' for a directory built before).
+    backend : 'annoy' (Annoy files and int8 codes in the index directory) or 'qdrant' (a Qdrant collection
+        holding the descriptors: for collections beyond one machine; siamese/qdrant_index.py); None: the
+        index directory's, or 'annoy' for a new one. Either way the directory keeps the descriptors, and
+        distances are re-ranked exactly from them.
+    qdrant : where the Qdrant backend's collection goes (a server's URL or a local-mode folder); None:
+        where the directory's went.
     descriptor_dimensions : the whitened descriptors' dimensions (None: the directory's, or 256: 512 finds
         copies a little better, docs/scan-copies.md, but its 128-d projection keeps too little of it for
         recall at 426,777 images without doubling query time, docs/benchmarks.md).
@@ -93,11 +107,22 @@ class IndexConfig:
     index_dimensions: int | None = None
     descriptor: str | None = None
     descriptor_dimensions: int | None = None
+    backend: str | None = None
+    qdrant: QdrantLocation | None = None
 
     def __post_init__(self) -> None:
         check_metric(self.metric)
         if self.descriptor is not None:
             check_descriptor(self.descriptor)
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}")
+        if self.qdrant is not None and self.backend == "annoy":
+            raise ValueError("a Qdrant location was given for the 'annoy' backend; use backend='qdrant'")
+        if self.backend == "qdrant":
+            for name in ("n_trees", "index_dimensions"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is a setting of the Annoy backend; Qdrant indexes the "
+                                     "descriptors themselves")
         object.__setattr__(self, "step_sizes", step_sizes_of(self.step_sizes))
         for name in ("n_trees", "index_dimensions", "descriptor_dimensions"):
             if getattr(self, name) is not None:
@@ -118,10 +143,13 @@ class IndexConfig:
         else:
             dimensions = min(choose("descriptor_dimensions", DEFAULT_DESCRIPTOR_DIMENSIONS, same),
                              store.n_dimensions)
-        k = choose("index_dimensions", DEFAULT_INDEX_DIMENSIONS, same)
+        backend = choose("backend", BACKENDS[0])
+        # Qdrant indexes the descriptors as they are: no projection, no int8 codes
+        k = dimensions if backend == "qdrant" else choose("index_dimensions", DEFAULT_INDEX_DIMENSIONS, same)
         return {"metric": self.metric, "model": store.model, "n_dimensions": store.n_dimensions,
                 "descriptor": descriptor, "descriptor_dimensions": dimensions,
-                "index_dimensions": min(k, dimensions), "n_trees": choose("n_trees", DEFAULT_N_TREES)}
+                "index_dimensions": min(k, dimensions), "n_trees": choose("n_trees", DEFAULT_N_TREES),
+                "backend": backend}
 
     def check_compatible(self, index_dir: Path, manifest: dict, store: VectorStore) -> None:
         """ValueError when the directory holds indices of another configuration (never replace silently)."""
@@ -140,7 +168,14 @@ class IndexConfig:
         if manifest is None:
             return False
         self.check_compatible(index_dir, manifest, store)
+        recorded = _location(manifest.get("qdrant"))
+        if self.qdrant is not None and not self.qdrant.same_place(recorded, index_dir):
+            return False  # asked to load another Qdrant
         return layout.is_complete(manifest, store, list(self.step_sizes)) and not layout.needs_codes(manifest)
+
+
+def _location(record: dict | None) -> QdrantLocation | None:
+    return QdrantLocation.from_record(record) if record else None
 
 
 @dataclass
@@ -183,9 +218,19 @@ def build_indices(store: VectorStore, index_dir: str | Path, config: IndexConfig
         if old is not None and not force:
             config.check_compatible(index_dir, old, store)
         settings = config.settings(old, store)
+        previous = [record for record in ((old or {}).get("qdrant"), ((old or {}).get("pending") or {}).get(
+            "qdrant")) if record]  # where collections that this build may replace are
         manifest = old if old is not None and not force else layout.new_manifest(settings)
         report = _build(index_dir, manifest, store, config, settings, n_jobs, verbose, on_index_written)
         layout.collect_garbage(index_dir, manifest)
+        locations = {QdrantLocation.from_record(record) for record in [*previous, manifest.get("qdrant")]
+                     if record}
+        for location in locations:  # the collections a refit, another location or --force replaced
+            try:
+                drop_collections(location, index_dir, {(manifest.get("qdrant") or {}).get("collection")})
+            except QdrantUnavailable as error:
+                print(f"warning: collections replaced by this build are left at {location.describe()}: "
+                      f"{error}", file=sys.stderr)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -247,18 +292,23 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
                           layout.store_state(store), years,
                           projected if layout.WHOLE in stale else None,  # then every row was projected
                           not transform.is_identity, verbose)
+    qdrant = settings["backend"] == "qdrant"
+    qdrant_record = _load_qdrant(index_dir, manifest, config, descriptors, transform_record, years, verbose) \
+        if qdrant else None
     seconds = {"projection": time.perf_counter() - clock}  # where the time went, for the report
     annoy_metric = project.annoy_metric(settings["descriptor_dimensions"], settings["index_dimensions"])
     written = time.perf_counter()
-    with tqdm(total=len(stale), desc="annoy indices", unit="index", file=sys.stderr,
-              disable=not verbose) as progress:
+    with tqdm(total=len(stale), desc="qdrant periods" if qdrant else "annoy indices", unit="index",
+              file=sys.stderr, disable=not verbose) as progress:
         try:
             for key, fingerprint in stale.items():
                 clock = time.perf_counter()
                 progress.set_postfix_str(key, refresh=False)
                 rows = groups[key][1]
                 entry = {"fingerprint": fingerprint, "count": len(rows), "n_trees": settings["n_trees"]}
-                if len(rows):
+                if qdrant:
+                    entry = {"fingerprint": fingerprint, "count": len(rows), "qdrant": True}
+                elif len(rows):
                     names = layout.file_names(key, fingerprint)
                     write_index(index_dir, names, rows, descriptors, project, projected, annoy_metric,
                                 settings["n_trees"], n_jobs)
@@ -278,6 +328,10 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
     manifest["indices"] = {key: _without_scan(entry) for key, entry in {**current, **ready}.items()}
     manifest.update(transform=transform_record, descriptors=descriptors_record, projection=recorded,
                     codes=codes_record)
+    if qdrant:
+        manifest["qdrant"] = qdrant_record
+    else:
+        manifest.pop("qdrant", None)
     if refitted:
         manifest["complete"] = {}  # indices of other step sizes were built with the old projection
     del manifest["pending"]
@@ -286,6 +340,34 @@ def _build(index_dir: Path, manifest: dict, store: VectorStore, config: IndexCon
     layout.write_manifest(index_dir, manifest)
     report.seconds_by_index = {name: round(value, 3) for name, value in seconds.items()}
     return report
+
+
+def _load_qdrant(index_dir: Path, manifest: dict, config: IndexConfig, descriptors: np.ndarray,
+                 transform_record: dict, years: np.ndarray, verbose: bool) -> dict:
+    """Load the rows the Qdrant collection lacks (siamese/qdrant_index.py); its record goes into the
+    pending generation as it loads (an interrupted load resumes) and is promoted with the rest."""
+    pending = manifest["pending"]
+    record = pending.get("qdrant") or manifest.get("qdrant")
+    location = config.qdrant or _location(record)
+    if location is None:
+        raise ValueError("the Qdrant backend needs a server's URL (--qdrant-url URL) or a local folder "
+                         "(--qdrant-path DIR)")
+    basis = hashlib.sha1(f"{transform_record['sha1']}:{config.metric}:{descriptors.shape[1]}".encode()
+                         ).hexdigest()
+    client = connect(location)
+
+    def save(record: dict) -> None:
+        pending["qdrant"] = record
+        layout.write_manifest(index_dir, manifest)
+
+    with tqdm(total=len(years), desc=f"qdrant ({location.describe()})", unit="row", file=sys.stderr,
+              disable=not verbose) as progress:
+        def loaded(rows: int) -> None:
+            progress.n = rows
+            progress.refresh()
+
+        return load_collection(client, location, index_dir, record, descriptors, years, config.step_sizes,
+                               config.metric, basis, save, loaded)
 
 
 def _transform(index_dir: Path, manifest: dict, store: VectorStore,

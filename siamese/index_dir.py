@@ -9,6 +9,8 @@
                                                (sorted by year), extra, descriptors, scales
     INDEX_DIR/all.<fingerprint>.ann|.rows.npy           the whole collection's index
     INDEX_DIR/step<S>_<START>.<fingerprint>.ann|.rows.npy   one period's index
+    (with the Qdrant backend, siamese/qdrant_index.py, no index files: the manifest's "qdrant" record
+    names the collection holding every row, and each index's entry says `"qdrant": true`)
     (directories built before the codes existed also hold a float32 <...>.scan.npy per index: no longer
     read, and deleted by the next build)
 
@@ -198,7 +200,8 @@ def damage(index_dir: Path, entry: dict, full: bool = True) -> str | None:
 def check_entry(index_dir: Path, key: str, entry: object) -> dict:
     """The manifest's entry of one index, checked for the fields a reader needs (IndexDamaged)."""
     if not isinstance(entry, dict) or not isinstance(entry.get("count"), int) or entry["count"] < 0 or (
-            entry["count"] and not all(isinstance(entry.get(kind), str) for kind in ("annoy", "rows"))):
+            entry["count"] and entry.get("qdrant") is not True
+            and not all(isinstance(entry.get(kind), str) for kind in ("annoy", "rows"))):
         raise IndexDamaged(f"{index_dir / MANIFEST}: the entry of index {key} is damaged; rebuild with: "
                            "python annoy_indexer.py build VECTOR_DIR INDEX_DIR --force")
     return entry

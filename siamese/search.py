@@ -18,6 +18,9 @@ How a query works, and why:
   index is scanned (docs/benchmarks.md), and Annoy's trees take over where a collection is too large
   to scan. The candidates are then ranked by their int8 descriptor codes, and only the best few of
   each period read their float32 descriptors for the exact distances.
+* With the Qdrant backend (siamese/qdrant_index.py, for collections beyond one machine) Qdrant holds
+  the descriptors and gives the candidates of every period of a query in one call; small periods and
+  filtered searches are answered from the descriptors here. The re-ranking is the same.
 
 One answer shape: every search is over periods, and the whole collection is one period, under the key
 "all". Results are rows and distances; siamese/answers.py turns them into what the API shows.
@@ -39,6 +42,7 @@ from siamese.codes import DescriptorCodes, ProjectionCodes, smallest
 from siamese.descriptors import DescriptorTransform
 from siamese.periods import Period, periods_between
 from siamese.projection import Projection, closest_first, exact_distances, ranking_scores
+from siamese.qdrant_index import QdrantCandidates
 from siamese.vector_store import VectorStore
 
 # Whitened 256-d descriptors, 128-d projection, recall@10 of the whole collection / step 10 / step 1: on the
@@ -49,7 +53,9 @@ WHITENED_CANDIDATES = 4.0
 # Candidates ranked by their int8 descriptor codes keep this many times n per period for the exact
 # distances: int8 rounding can only swap near-ties, never move the true n-th far down.
 EXACT_PER_RESULT = 2
-ALL_ROWS, SCAN, TREES = "all rows", "scan", "trees"  # how an index gives its candidates
+# Qdrant ranks by the descriptors themselves (HNSW's approximation aside): twice n, re-ranked exactly
+QDRANT_PER_RESULT = 2
+ALL_ROWS, SCAN, TREES, QDRANT = "all rows", "scan", "trees", "qdrant"  # how an index gives its candidates
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ class PeriodHits:
 class Route:
     """How one index gives a query's candidates, and how many."""
 
-    how: str  # ALL_ROWS, SCAN or TREES
+    how: str  # ALL_ROWS, SCAN, TREES or QDRANT
     n_candidates: int
     search_k: int
 
@@ -192,7 +198,14 @@ class SearchCore:
         if manifest.get("codes") and self.projection.components is not None:
             self.codes, self.descriptor_codes = layout.read_codes(self.index_dir, manifest["codes"], years,
                                                                   self.metric, descriptor_dimensions)
-        sorted_years = np.sort(years) if self.codes is None else self.codes.years
+        by_year = np.argsort(years, kind="stable") if self.codes is None else self.codes.order
+        sorted_years = years[by_year]
+        self.qdrant: QdrantCandidates | None = None
+        if manifest.get("backend") == "qdrant":
+            if not manifest.get("qdrant"):
+                raise layout.IndexDamaged(f"{self.index_dir / layout.MANIFEST} names no Qdrant collection; "
+                                          f"{layout.REBUILD}")
+            self.qdrant = QdrantCandidates(manifest["qdrant"], store.count)
         annoy_metric = self.projection.annoy_metric(descriptor_dimensions, manifest["index_dimensions"])
         dimensions = self.projection.dimensions(descriptor_dimensions)
         span = manifest["years"]
@@ -200,28 +213,34 @@ class SearchCore:
         whole = Period(*self.years) if self.years else None
         self.indices: dict[str, list[Index]] = {
             layout.WHOLE: [self._load(manifest, layout.WHOLE, whole, (0, len(years)), dimensions,
-                                      annoy_metric)]}
+                                      annoy_metric, by_year)]}
         for step in self.step_sizes:
             self.indices[str(step)] = [
                 self._load(manifest, layout.index_key(step, period.start), period,
                            (int(np.searchsorted(sorted_years, period.start)),
                             int(np.searchsorted(sorted_years, period.end, side="right"))),
-                           dimensions, annoy_metric)
+                           dimensions, annoy_metric, by_year)
                 for period in periods_between(*(self.years or (0, -1)), step)]
         _ = "" in store  # reads the items and their urns now, not in a first query
         self.vectors = np.asarray(descriptors)  # a plain ndarray: no np.memmap overhead per gather
 
     def _load(self, manifest: dict, key: str, period: Period | None, span: tuple[int, int], dimensions: int,
-              annoy_metric: str) -> Index:
+              annoy_metric: str, by_year: np.ndarray) -> Index:
         """One index, its files checked first. A period small enough to be searched exhaustively
         needs only its rows: its Annoy file is not opened (one file descriptor fewer per period; a
-        timeline of 1,500 thin years has 1,500 such periods)."""
+        timeline of 1,500 thin years has 1,500 such periods). With Qdrant there are no files: the
+        period's rows are its span of the rows sorted by year (`by_year`)."""
         entry = layout.check_entry(self.index_dir, key, manifest["indices"].get(key, {"count": None}))
         if span[1] - span[0] != entry["count"]:
             raise layout.IndexDamaged(f"{self.index_dir}: index {key} holds {entry['count']} items, the "
                                       f"store {span[1] - span[0]} in its years; {layout.REBUILD}")
         if not entry["count"]:
             return Index(period, np.zeros(0, dtype=np.int64), None, span)
+        if self.qdrant is not None:
+            if entry.get("qdrant") is not True:
+                raise layout.IndexDamaged(f"{self.index_dir}: index {key} is not in the Qdrant collection; "
+                                          f"{layout.REBUILD}")
+            return Index(period, np.sort(by_year[span[0]:span[1]]), None, span)
         problem = layout.damage(self.index_dir, {kind: value for kind, value in entry.items()
                                                  if kind != "scan"})  # (older builds' scan files: unread)
         if problem is not None:
@@ -279,11 +298,18 @@ class SearchCore:
         scores = query.scores
         if allowed is not None and scores is not None:  # a copy: the query's own scores stay unfiltered
             scores = np.where(allowed[self.codes.order[query.scored[0]:query.scored[1]]], scores, np.inf)
+        asked = [(key, position) for key in plan for position, route in enumerate(routes[key])
+                 if route.how == QDRANT]
+        from_qdrant = dict(zip(asked, self.qdrant.candidates(query.vector, [
+            (None, 0, routes[key][position].n_candidates) if key == layout.WHOLE else
+            (self.indices[key][position].period, int(key), routes[key][position].n_candidates)
+            for key, position in asked]), strict=True)) if asked else {}
         results = {}
         for key, n in plan.items():
             indices = self.indices[key]
-            parts = [self._candidates(query, index, route, scores, allowed)
-                     for index, route in zip(indices, routes[key], strict=True)]
+            parts = [from_qdrant[key, position] if route.how == QDRANT else
+                     self._candidates(query, index, route, scores, allowed)
+                     for position, (index, route) in enumerate(zip(indices, routes[key], strict=True))]
             hits = [PeriodHits(index.period, rows, distances) for index, (rows, distances)
                     in zip(indices, self._rank(query, parts, n, allowed), strict=True)]
             if include_self and query.row >= 0:
@@ -295,6 +321,9 @@ class SearchCore:
         """How an index gives its candidates: the cheapest way for its size (see the module doc); with
         a filter, never its trees."""
         settings, size = self.settings, len(index.rows)
+        if self.qdrant is not None:  # filtered: Qdrant holds no metadata, the descriptors are searched here
+            small = size <= max(settings.brute_force_max_rows, QDRANT_PER_RESULT * n + 1)
+            return Route(ALL_ROWS if small or filtered else QDRANT, QDRANT_PER_RESULT * n + 1, 0)
         n_candidates = settings.n_candidates(n, size, self.metric)
         search_k = settings.search_k_for(n_candidates)
         n_candidates = int(n_candidates * self.candidate_multiplier)
