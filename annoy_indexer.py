@@ -97,6 +97,8 @@ class AnnoyIndexer:
         the directory's collection is.
     qdrant_collection : the prefix of the collection's name on the server (None: one derived from
         index_dir).
+    qdrant_shards, qdrant_replicas : a new collection's shard_number and replication_factor on a Qdrant
+        cluster (None: the server's defaults).
 
     An index directory holds one configuration (metric, model, n_dimensions, descriptor,
     descriptor_dimensions, index_dimensions, n_trees); asking for another is a ValueError unless
@@ -113,7 +115,8 @@ class AnnoyIndexer:
                  thumbnail_dir: str | os.PathLike | None = None,
                  images_root: str | os.PathLike | None = None, backend: str | None = None,
                  qdrant_url: str | None = None, qdrant_path: str | os.PathLike | None = None,
-                 qdrant_collection: str | None = None) -> None:
+                 qdrant_collection: str | None = None, qdrant_shards: int | None = None,
+                 qdrant_replicas: int | None = None) -> None:
         self.vector_dir = Path(vector_dir)
         self.index_dir = Path(index_dir)
         self.thumbnail_dir = None if thumbnail_dir is None else Path(thumbnail_dir)
@@ -121,10 +124,11 @@ class AnnoyIndexer:
         qdrant = None
         if qdrant_url is not None or qdrant_path is not None:
             qdrant = QdrantLocation(qdrant_url, None if qdrant_path is None else str(qdrant_path),
-                                    qdrant_collection)
+                                    qdrant_collection, qdrant_shards, qdrant_replicas)
             backend = "qdrant" if backend is None else backend
-        elif qdrant_collection is not None:
-            raise ValueError("qdrant_collection needs qdrant_url or qdrant_path")
+        elif (qdrant_collection, qdrant_shards, qdrant_replicas) != (None, None, None):
+            raise ValueError("qdrant_collection, qdrant_shards and qdrant_replicas need qdrant_url or "
+                             "qdrant_path")
         self._config = IndexConfig(metric, step_sizes_of(step_sizes), n_trees, index_dimensions,
                                    descriptor, descriptor_dimensions, backend, qdrant)
         self.search_k = None if search_k is None else positive_int(search_k, "search_k")
@@ -381,6 +385,10 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--qdrant-collection", metavar="NAME",
                        help="the prefix of the collection's name on the server (default: derived from "
                             "INDEX_DIR)")
+    build.add_argument("--qdrant-shards", type=int, metavar="N",
+                       help="a new collection's shards on a Qdrant cluster (default: the server's)")
+    build.add_argument("--qdrant-replicas", type=int, metavar="N",
+                       help="copies of each shard on a Qdrant cluster (default: the server's)")
     build.add_argument("--force", action="store_true",
                        help="rebuild everything, replacing indices of another metric, model or setting")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -518,7 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    descriptor_dimensions=arguments.descriptor_dimensions,
                                    backend=arguments.backend, qdrant_url=arguments.qdrant_url,
                                    qdrant_path=arguments.qdrant_path,
-                                   qdrant_collection=arguments.qdrant_collection)
+                                   qdrant_collection=arguments.qdrant_collection,
+                                   qdrant_shards=arguments.qdrant_shards,
+                                   qdrant_replicas=arguments.qdrant_replicas)
             report = indexer.build(force=arguments.force)
             print(f"{report['built']} indices built, {report['up_to_date']} up to date, "
                   f"{report['empty']} empty periods, in {report['seconds']:.1f} s ({arguments.index_dir})")

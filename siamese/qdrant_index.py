@@ -75,11 +75,14 @@ def _client_module() -> Any:
 class QdrantLocation:
     """Where a Qdrant backend lives: a server's `url` or a local-mode `path` (one of them), and the
     prefix of its collections' names (None: one derived from the index directory, so that two index
-    directories never share one)."""
+    directories never share one). `shards` and `replicas`: a new collection's shard_number and
+    replication_factor on a cluster (None: the server's defaults; docs/scale-out.md)."""
 
     url: str | None = None
     path: str | None = None
     collection: str | None = None
+    shards: int | None = None
+    replicas: int | None = None
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.path is None):
@@ -87,13 +90,18 @@ class QdrantLocation:
                              "folder (--qdrant-path), not both")
         if self.path is not None:
             object.__setattr__(self, "path", str(Path(self.path).resolve()))
+        for name in ("shards", "replicas"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"--qdrant-{name} must be a positive whole number, got {value!r}")
         if self.collection is not None and not NAME.match(self.collection):
             raise ValueError(f"--qdrant-collection must be 1-100 letters, digits, '-' or '_', got "
                              f"{self.collection!r}")
 
     @classmethod
     def from_record(cls, record: dict) -> QdrantLocation:
-        return cls(record.get("url"), record.get("path"), record.get("prefix"))
+        return cls(record.get("url"), record.get("path"), record.get("prefix"), record.get("shards"),
+                   record.get("replicas"))
 
     def same_place(self, other: QdrantLocation | None, index_dir: Path) -> bool:
         """Whether `other` names the same server or folder and collection prefix as this one."""
@@ -163,10 +171,12 @@ def _quietly(call: Callable[[], Any]) -> Any:
         return call()
 
 
-def _create_collection(client: Any, name: str, dimensions: int, metric: str, fields: Sequence[str]) -> None:
+def _create_collection(client: Any, name: str, dimensions: int, metric: str, fields: Sequence[str],
+                       location: QdrantLocation) -> None:
     models = _models()
     client.create_collection(name, vectors_config=models.VectorParams(
-        size=dimensions, distance=getattr(models.Distance, DISTANCES[metric].upper())))
+        size=dimensions, distance=getattr(models.Distance, DISTANCES[metric].upper())),
+        shard_number=location.shards, replication_factor=location.replicas)
     for field in fields:
         _index_field(client, name, field)
 
@@ -190,17 +200,19 @@ def load_collection(client: Any, location: QdrantLocation, index_dir: Path, reco
     never exists that no manifest names (garbage collection could not find it). `progress(n)`: the rows
     loaded so far."""
     where = {"url": location.url, "path": location.path, "prefix": location.prefix_for(index_dir)}
+    sharding = {"shards": location.shards, "replicas": location.replicas}
     fields = [ROW, *dict.fromkeys(period_field(step) for step in (1, *step_sizes))]
     dimensions = int(descriptors.shape[1])
     if record is None or record.get("basis") != basis or any(record.get(key) != value
                                                              for key, value in where.items()):
-        record = {**where, "collection": f"{where['prefix']}-{uuid.uuid4().hex[:12]}", "basis": basis,
-                  "metric": metric, "dimensions": dimensions, "loaded": 0, "points": 0, "fields": [ROW, YEAR]}
+        record = {**where, **sharding, "collection": f"{where['prefix']}-{uuid.uuid4().hex[:12]}",
+                  "basis": basis, "metric": metric, "dimensions": dimensions, "loaded": 0, "points": 0,
+                  "fields": [ROW, YEAR]}
         save(record)
     record = dict(record)
     name = record["collection"]
     if not client.collection_exists(name):
-        _create_collection(client, name, dimensions, metric, record["fields"])
+        _create_collection(client, name, dimensions, metric, record["fields"], location)
         record["loaded"] = record["points"] = 0
     for field in fields:  # a step size new to this collection: its field on every row loaded so far
         if field in record["fields"]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import webtest
+from test_annoy_indexer import brute_force, descriptors_of, period_rows
 
 from annoy_indexer import AnnoyIndexer
 from app import Collection, make_app
@@ -25,7 +26,6 @@ from siamese.projection import exact_distances
 from siamese.search import SearchSettings
 from siamese.vector_store import VectorStore, VectorStoreWriter
 from stores import LONELY_YEAR, make_store, synthetic
-from test_annoy_indexer import brute_force, descriptors_of, period_rows
 
 pytestmark = pytest.mark.fast
 EVERY_PERIOD = SearchSettings(brute_force_max_rows=0)  # every period's candidates from Qdrant
@@ -62,7 +62,8 @@ class CountingCalls:
 def test_answers_are_the_exact_ones_and_annoy_backend_agrees(tmp_path, metric, descriptor):
     store_dir = make_store(tmp_path / "vectors", n=500, dim=24, seed=4)
     store = VectorStore(store_dir)
-    qdrant = qdrant_indexer(store_dir, tmp_path / "q", tmp_path / "qdrant", metric=metric, descriptor=descriptor)
+    qdrant = qdrant_indexer(store_dir, tmp_path / "q", tmp_path / "qdrant", metric=metric,
+                            descriptor=descriptor)
     annoy = AnnoyIndexer(store_dir, tmp_path / "a", metric=metric, descriptor=descriptor, verbose=False)
     qdrant.build()
     annoy.build()
@@ -75,8 +76,8 @@ def test_answers_are_the_exact_ones_and_annoy_backend_agrees(tmp_path, metric, d
         urn = store.items[row]["urn"]
         for found, other in zip(sections(qdrant, urn, 10), sections(annoy, urn, 10), strict=True):
             assert (found["start"], found["end"]) == (other["start"], other["end"])
-            expected, distances = brute_force(store, row, period_rows(store, found["start"], found["end"]), 10,
-                                              metric, qdrant.index_dir)
+            rows = period_rows(store, found["start"], found["end"])
+            expected, distances = brute_force(store, row, rows, 10, metric, qdrant.index_dir)
             got = [neighbour["urn"] for neighbour in found["neighbours"]]
             assert len(got) == len(expected)
             # local mode is exact: the same rows, the same distances (ties may swap)
@@ -143,8 +144,8 @@ def test_payload_fields_and_a_new_step_size_added_later(tmp_path):
     store = VectorStore(store_dir)
     urn = store.items[7]["urn"]
     for period in indexer.query_all(urn, n_nns=[5])["steps"]["25"]:
-        expected, _ = brute_force(store, 7, period_rows(store, period["start"], period["end"]), 5, "euclidean",
-                                  indexer.index_dir)
+        rows = period_rows(store, period["start"], period["end"])
+        expected, _ = brute_force(store, 7, rows, 5, "euclidean", indexer.index_dir)
         assert [neighbour["urn"] for neighbour in period["neighbours"]] == expected
 
 
@@ -223,7 +224,8 @@ def test_a_deleted_collection_is_loaded_again_and_force_to_annoy_drops_it(tmp_pa
         AnnoyIndexer(store_dir, tmp_path / "q", backend="annoy", verbose=False).build()
     AnnoyIndexer(store_dir, tmp_path / "q", backend="annoy", verbose=False).build(force=True)
     assert not client.collection_exists(name)
-    assert read_manifest(tmp_path / "q")["backend"] == "annoy" and "qdrant" not in read_manifest(tmp_path / "q")
+    manifest = read_manifest(tmp_path / "q")
+    assert manifest["backend"] == "annoy" and "qdrant" not in manifest
 
 
 def test_a_refitted_transform_loads_a_new_collection_and_drops_the_old(tmp_path):
@@ -252,8 +254,9 @@ def test_api_answers_like_the_annoy_backend_and_filters_are_exact(tmp_path):
         client = webtest.TestApp(make_app(Collection(store_dir, tmp_path / name, settings=EVERY_PERIOD)))
         answers[name] = client.get("/api/neighbours", {"urn": "urn:test:11", "nns": 5,
                                                         "step": "all,10,1"}).json
+        titles = [("filter", f"title:image {row}") for row in allowed]
         filtered = client.get("/api/neighbours", [("urn", "urn:test:11"), ("nns", "5"), ("step", "all"),
-                                                  *[("filter", f"title:image {row}") for row in allowed]]).json
+                                                  *titles]).json
         expected, _ = brute_force(store, 11, allowed, 5, "euclidean", tmp_path / name)
         assert [n["urn"] for n in filtered["steps"]["all"][0]["neighbours"]] == expected
     for key, periods in answers["q"]["steps"].items():
@@ -268,12 +271,15 @@ def test_command_line_build_query_and_errors(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
 
     def run(*arguments: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(ROOT / "annoy_indexer.py"), *arguments], capture_output=True,
-                              text=True, env={**env, **(extra_env or {})}, timeout=120)
+        return subprocess.run([sys.executable, str(ROOT / "annoy_indexer.py"), *arguments],
+                              capture_output=True, text=True, env={**env, **(extra_env or {})}, timeout=120)
 
-    built = run("build", str(store_dir), str(tmp_path / "q"), "--qdrant-path", str(tmp_path / "qdrant"), "--quiet")
+    built = run("build", str(store_dir), str(tmp_path / "q"), "--qdrant-path", str(tmp_path / "qdrant"),
+                "--quiet", "--qdrant-shards", "2", "--qdrant-replicas", "1")
     assert built.returncode == 0, built.stderr
-    assert json.loads((tmp_path / "q" / "index.json").read_text())["backend"] == "qdrant"
+    manifest = json.loads((tmp_path / "q" / "index.json").read_text())
+    assert manifest["backend"] == "qdrant"
+    assert (manifest["qdrant"]["shards"], manifest["qdrant"]["replicas"]) == (2, 1)
     query = run("query", str(store_dir), str(tmp_path / "q"), "urn:test:3", "--nns", "3", "--step", "10")
     assert query.returncode == 0, query.stderr
     assert all(len(period["neighbours"]) <= 3 for period in json.loads(query.stdout)["steps"]["10"])
@@ -283,6 +289,9 @@ def test_command_line_build_query_and_errors(tmp_path):
     both = run("build", str(store_dir), str(tmp_path / "other"), "--qdrant-url", "http://127.0.0.1:9",
                "--qdrant-path", str(tmp_path / "x"))
     assert both.returncode == 2 and "not both" in both.stderr
+    shards = run("build", str(store_dir), str(tmp_path / "other"), "--qdrant-path", str(tmp_path / "x"),
+                 "--qdrant-shards", "0")
+    assert shards.returncode == 2 and "--qdrant-shards must be a positive whole number" in shards.stderr
     unreachable = run("build", str(store_dir), str(tmp_path / "other"), "--qdrant-url", "http://127.0.0.1:9")
     assert unreachable.returncode == 2 and "cannot reach the Qdrant server at http://127.0.0.1:9" in \
         unreachable.stderr and "Traceback" not in unreachable.stderr
