@@ -19,6 +19,12 @@ Without --qdrant-url it uses qdrant-client's local mode (--qdrant-path, default 
 client calls a server gets, but an exact brute-force search in Python, so its recall is the re-ranking's
 and its latency is not a server's (it evaluates each period's filter point by point: about a second per
 period at 100,000 points). A server's latency needs a server (docs/scale-out.md).
+
+With --engine (needs `pip install qdrant-edge-py`: Qdrant's own Rust engine, segments, HNSW and payload
+indices, run in-process) a third row answers through the same search core with the candidates from
+that engine instead: the same filtered batch per search, HNSW (m 16, ef_construct 100, the server's
+defaults) built over the same descriptors and payload fields. It is what a server's engine does, less
+the network and the server's own threads; not a server.
 """
 
 from __future__ import annotations
@@ -46,15 +52,72 @@ from siamese.vector_store import VectorStore  # noqa: E402
 KEYS = ["all", "10", "1"]
 
 
+class EngineCandidates:
+    """QdrantCandidates' one method, answered by Qdrant's engine in-process (qdrant-edge): the same
+    filtered queries, one batch per search."""
+
+    def __init__(self, descriptors: np.ndarray, years: np.ndarray, steps: list[int], count: int,
+                 path: Path) -> None:
+        import qdrant_edge as engine
+
+        from siamese.qdrant_index import LOAD_BATCH, ROW, period_field
+        self.engine, self.count, self.period_field, self.row = engine, count, period_field, ROW
+        config = engine.EdgeConfig(
+            vectors=engine.EdgeVectorParams(size=descriptors.shape[1], distance=engine.Distance.Euclid),
+            hnsw_config=engine.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000))
+        self.shard = engine.EdgeShard.create(str(path), config)
+        fields = [ROW, *dict.fromkeys(period_field(step) for step in (1, *steps))]
+        for field in fields:  # before the bulk load, as for a server
+            integer = engine.PayloadSchemaType.Integer
+            self.shard.update(engine.UpdateOperation.create_field_index(field, integer))
+        started = time.perf_counter()
+        for start in range(0, len(years), LOAD_BATCH):
+            rows = range(start, min(start + LOAD_BATCH, len(years)))
+            vectors = np.asarray(descriptors[start:rows[-1] + 1], dtype=np.float32).tolist()
+            points = []
+            for row, vector in zip(rows, vectors, strict=True):
+                year = int(years[row])
+                payload = {ROW: row, **{period_field(step): year - year % step for step in (1, *steps)}}
+                points.append(engine.Point(row, vector, payload))
+            self.shard.update(engine.UpdateOperation.upsert_points(points))
+        self.load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        self.shard.optimize()  # builds the HNSW graph, as a server's optimizer does after a bulk load
+        self.index_seconds = time.perf_counter() - started
+
+    def candidates(self, vector: np.ndarray, requests: list) -> list[np.ndarray]:
+        engine = self.engine
+        below = engine.FieldCondition(key=self.row, range=engine.RangeFloat(lt=self.count))
+        query = engine.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist())
+        batch = []
+        for period, step, limit in requests:
+            must = [below]
+            if period is not None:
+                must.append(engine.FieldCondition(key=self.period_field(step),
+                                                  match=engine.MatchValue(period.start)))
+            batch.append(engine.QueryRequest(limit=limit, query=query, filter=engine.Filter(must=must),
+                                             params=engine.SearchParams(hnsw_ef=max(128, 2 * limit))))
+        answers = self.shard.query_batch(engine.QueryBatchRequest(batch))
+        return [np.fromiter((point.id for point in points), dtype=np.int64) for points in answers]
+
+
 def build(store_dir: Path, index_dir: Path, **backend: object) -> float:
     started = time.perf_counter()
     AnnoyIndexer(store_dir, index_dir, step_sizes=[10, 1], verbose=True, **backend).build()
     return time.perf_counter() - started
 
 
-def measure(store_dir: Path, index_dir: Path, queries: np.ndarray, truth: dict, urns: list[str]) -> dict:
-    """Recall per key and per year, and the latency of one search of all three keys, for one backend."""
+def measure(store_dir: Path, index_dir: Path, queries: np.ndarray, truth: dict, urns: list[str],
+            engine: Path | None = None) -> dict:
+    """Recall per key and per year, and the latency of one search of all three keys, for one backend;
+    `engine`: the Qdrant backend's candidates from Qdrant's engine in-process, built in that folder."""
     collection = Collection(store_dir, index_dir)
+    extra = {}
+    if engine is not None:
+        core = collection.core
+        core.qdrant = EngineCandidates(core.vectors, core.store.years(), core.step_sizes, core.store.count,
+                                       engine)
+        extra = {"load_s": core.qdrant.load_seconds, "hnsw_s": core.qdrant.index_seconds}
     years = list(range(FIRST_YEAR, LAST_YEAR + 1))
     collection.neighbours(urns[int(queries[0])], nns=10, steps=[None, 10, 1])  # warm-up
     found: dict[str, list] = {key: [] for key in KEYS}
@@ -65,7 +128,7 @@ def measure(store_dir: Path, index_dir: Path, queries: np.ndarray, truth: dict, 
         times.append(time.perf_counter() - started)
         for key in KEYS:
             found[key].append([period["neighbours"] for period in answer["steps"][key]])
-    result = {"p50_ms": statistics.median(times) * 1e3,
+    result = {"p50_ms": statistics.median(times) * 1e3, **extra,
               **{f"recall_{key}": recall(found[key], truth[key], urns) for key in KEYS}}
     per_year = [recall([[periods[index]] for periods in found["1"]],
                        [[periods[index]] for periods in truth["1"]], urns) for index in range(len(years))]
@@ -81,6 +144,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=5, help="sampled items (local mode: ~1 min each)")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a new directory under /tmp")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--engine", action="store_true",
+                        help="also Qdrant's engine in-process (pip install qdrant-edge-py)")
+    parser.add_argument("--skip-local", action="store_true",
+                        help="not the local mode's searches (slow: ~1 min a query at 100,000)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--qdrant-url", help="a Qdrant server (default: qdrant-client's local mode)")
     where.add_argument("--qdrant-path", type=Path, help="local mode's folder (default: WORK_DIR/qdrant)")
@@ -103,9 +170,17 @@ def main() -> None:
         urns = [item["urn"] for item in store.items]
         queries = np.random.default_rng(1).choice(len(store), args.queries, replace=False)
         results = {}
-        for name, index_dir in (("annoy", work / "annoy"), ("qdrant", work / "qdrant-index")):
-            truth = ground_truth(store_dir, index_dir, queries)
-            results[name] = measure(store_dir, index_dir, queries, truth, urns)
+        runs = [("annoy", work / "annoy", None)]
+        if not args.skip_local:
+            runs.append(("qdrant", work / "qdrant-index", None))
+        if args.engine:
+            shutil.rmtree(work / "engine", ignore_errors=True)
+            runs.append(("qdrant engine", work / "qdrant-index", work / "engine"))
+        truths = {}
+        for name, index_dir, engine in runs:
+            truth = truths.get(index_dir) or truths.setdefault(index_dir, ground_truth(store_dir, index_dir,
+                                                                                       queries))
+            results[name] = measure(store_dir, index_dir, queries, truth, urns, engine)
         engine = args.qdrant_url or f"qdrant-client local mode ({location['qdrant_path']})"
         print(f"\n{len(store):,} x {store.n_dimensions}, {args.queries} queries, each one search of the "
               f"whole collection + 5 decades + 50 years (n=10); Qdrant: {engine}\n")
@@ -113,11 +188,17 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for name, result in results.items():
             year, worst = result["worst_year"]
-            print(f"| {name} | {seconds[name]:.1f} | {result['recall_all']:.4f} | "
+            built = seconds.get(name) or result["load_s"] + result["hnsw_s"]
+            print(f"| {name} | {built:.1f} | {result['recall_all']:.4f} | "
                   f"{result['recall_10']:.4f} | {result['recall_1']:.4f} | {year}: {worst:.3f} | "
                   f"{result['p50_ms']:.1f} |")
-        print(f"\nratios qdrant/annoy: build {seconds['qdrant'] / seconds['annoy']:.2f}x, search p50 "
-              f"{results['qdrant']['p50_ms'] / results['annoy']['p50_ms']:.1f}x")
+        print(f"\nratios to annoy: build qdrant (local mode) {seconds['qdrant'] / seconds['annoy']:.2f}x")
+        for name in results:
+            if name != "annoy":
+                print(f"search p50 {name}: {results[name]['p50_ms'] / results['annoy']['p50_ms']:.2f}x")
+        if "qdrant engine" in results:
+            engine = results["qdrant engine"]
+            print(f"qdrant engine: load {engine['load_s']:.1f} s + HNSW {engine['hnsw_s']:.1f} s")
     finally:
         if args.keep or args.work_dir:
             print(f"kept {work}")
