@@ -52,7 +52,7 @@ from siamese.index_build import (
 from siamese.index_dir import WHOLE, built_step_sizes, read_manifest
 from siamese.index_dir import verify as verify_indices
 from siamese.projection import METRICS, exact_distances
-from siamese.qdrant_index import QdrantLocation
+from siamese.qdrant_index import QdrantCandidates, QdrantLocation, QdrantUnavailable
 from siamese.reprints import MAX_CANDIDATES
 from siamese.search import SearchSettings
 from siamese.vector_store import StoreError, VectorStore
@@ -502,6 +502,14 @@ def verify_collection(vector_dir: Path, index_dir: Path) -> int:
     else:
         print(f"ok: {vector_dir}: {store.count:,} rows match their checksums")
     checked, problems = verify_indices(Path(index_dir))
+    record = (read_manifest(index_dir) or {}).get("qdrant")
+    if record:  # the Qdrant backend: its collection still there, with every point loaded
+        try:
+            QdrantCandidates(record, store.count)
+            print(f"ok: the Qdrant collection {record['collection']} holds the {record['points']:,} points "
+                  "loaded")
+        except (FileNotFoundError, QdrantUnavailable) as error:
+            problems.append(str(error))
     for problem in problems:
         print(f"damaged: {problem}")
     if problems:

@@ -78,6 +78,7 @@ from siamese.params import (
     parse_urn,
     shorten,
 )
+from siamese.qdrant_index import QdrantUnavailable
 from siamese.reprints import DEFAULT_CANDIDATES, MAX_CANDIDATES
 from siamese.thumbnails import percent_encoded
 from siamese.vector_store import StoreError
@@ -351,6 +352,19 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
         return answer_as(with_thumbnails(answer), bottle.request.environ.get("siamese.format"))
 
     add_original_routes(app, now)  # GET /query, /random: the original Siamese's API
+
+    def index_server_down(callback: Callable) -> Callable:
+        """A Qdrant backend that does not answer (siamese/qdrant_index.py): 503 with what happened,
+        for every route that searches; not ours to fix, so no traceback in the log either."""
+        @functools.wraps(callback)
+        def answering(*args: object, **kwargs: object) -> object:
+            try:
+                return callback(*args, **kwargs)
+            except QdrantUnavailable as error:
+                raise ApiError(503, str(error), Retry_After="30") from None
+        return answering
+
+    app.install(index_server_down)
 
     def json_error(error: bottle.HTTPError) -> str:
         return json_answer(_error_message(error, debug))

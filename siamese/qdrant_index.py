@@ -318,6 +318,10 @@ class QdrantCandidates:
                                              with_payload=False, with_vector=False))
         if not batch:
             return []
-        responses = _quietly(lambda: self.client.query_batch_points(self.collection, requests=batch))
+        try:
+            responses = _quietly(lambda: self.client.query_batch_points(self.collection, requests=batch))
+        except Exception as error:  # noqa: BLE001 - a server down, a timeout, …: the web app answers 503
+            raise QdrantUnavailable(f"the index server (Qdrant at {self.location.describe()}) did not "
+                                    f"answer: {type(error).__name__}: {error}") from None
         return [np.fromiter((point.id for point in response.points), dtype=np.int64)
                 for response in responses]

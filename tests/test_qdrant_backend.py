@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_client
 import webtest
 from test_annoy_indexer import brute_force, descriptors_of, period_rows
 
@@ -280,9 +281,14 @@ def test_command_line_build_query_and_errors(tmp_path):
     manifest = json.loads((tmp_path / "q" / "index.json").read_text())
     assert manifest["backend"] == "qdrant"
     assert (manifest["qdrant"]["shards"], manifest["qdrant"]["replicas"]) == (2, 1)
+    verified = run("verify", str(store_dir), str(tmp_path / "q"))
+    assert verified.returncode == 0 and "ok: the Qdrant collection" in verified.stdout, verified.stdout
     query = run("query", str(store_dir), str(tmp_path / "q"), "urn:test:3", "--nns", "3", "--step", "10")
     assert query.returncode == 0, query.stderr
     assert all(len(period["neighbours"]) <= 3 for period in json.loads(query.stdout)["steps"]["10"])
+    (tmp_path / "qdrant" / "collection").rename(tmp_path / "qdrant" / "moved")  # the collection deleted
+    damaged = run("verify", str(store_dir), str(tmp_path / "q"))
+    assert damaged.returncode == 1 and "damaged: the Qdrant collection" in damaged.stdout, damaged.stdout
     missing = run("build", str(store_dir), str(tmp_path / "other"), "--backend", "qdrant")
     assert missing.returncode == 2 and "--qdrant-url" in missing.stderr
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
@@ -302,3 +308,21 @@ def test_command_line_build_query_and_errors(tmp_path):
                  extra_env={"PYTHONPATH": f"{shim}{os.pathsep}{ROOT}"})
     assert absent.returncode == 2 and 'pip install ".[qdrant]"' in absent.stderr
     assert "Traceback" not in absent.stderr
+
+
+def test_a_qdrant_that_stops_answering_is_a_503_with_a_message_and_the_server_goes_on(tmp_path):
+    store_dir = make_store(tmp_path / "vectors", n=300, dim=16)
+    qdrant_indexer(store_dir, tmp_path / "q", tmp_path / "qdrant").build()
+    collection = Collection(store_dir, tmp_path / "q", settings=EVERY_PERIOD)
+    client = webtest.TestApp(make_app(collection))
+    assert client.get("/api/neighbours", {"urn": "urn:test:1", "step": "10"}).status_int == 200
+    real = collection.core.qdrant.client
+    # a real client of a server that is down (nothing listens on port 9 of this machine)
+    collection.core.qdrant.client = qdrant_client.QdrantClient(url="http://127.0.0.1:9", timeout=5)
+    try:
+        down = client.get("/api/neighbours", {"urn": "urn:test:1", "step": "10"}, status=503)
+        assert "Qdrant" in down.json["error"] and "did not answer" in down.json["error"]
+        assert down.headers["Retry-After"] == "30" and "Traceback" not in down.text
+    finally:
+        collection.core.qdrant.client = real
+    assert client.get("/api/neighbours", {"urn": "urn:test:1", "step": "10"}).status_int == 200
