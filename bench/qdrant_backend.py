@@ -57,11 +57,12 @@ class EngineCandidates:
     filtered queries, one batch per search."""
 
     def __init__(self, descriptors: np.ndarray, years: np.ndarray, steps: list[int], count: int,
-                 path: Path) -> None:
+                 path: Path, hnsw_ef: int) -> None:
         import qdrant_edge as engine
 
         from siamese.qdrant_index import LOAD_BATCH, ROW, period_field
         self.engine, self.count, self.period_field, self.row = engine, count, period_field, ROW
+        self.hnsw_ef = hnsw_ef
         config = engine.EdgeConfig(
             vectors=engine.EdgeVectorParams(size=descriptors.shape[1], distance=engine.Distance.Euclid),
             hnsw_config=engine.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000))
@@ -95,8 +96,9 @@ class EngineCandidates:
             if period is not None:
                 must.append(engine.FieldCondition(key=self.period_field(step),
                                                   match=engine.MatchValue(period.start)))
+            params = engine.SearchParams(hnsw_ef=max(self.hnsw_ef, 2 * limit))
             batch.append(engine.QueryRequest(limit=limit, query=query, filter=engine.Filter(must=must),
-                                             params=engine.SearchParams(hnsw_ef=max(128, 2 * limit))))
+                                             params=params))
         answers = self.shard.query_batch(engine.QueryBatchRequest(batch))
         return [np.fromiter((point.id for point in points), dtype=np.int64) for points in answers]
 
@@ -107,17 +109,17 @@ def build(store_dir: Path, index_dir: Path, **backend: object) -> float:
     return time.perf_counter() - started
 
 
-def measure(store_dir: Path, index_dir: Path, queries: np.ndarray, truth: dict, urns: list[str],
-            engine: Path | None = None) -> dict:
-    """Recall per key and per year, and the latency of one search of all three keys, for one backend;
-    `engine`: the Qdrant backend's candidates from Qdrant's engine in-process, built in that folder."""
-    collection = Collection(store_dir, index_dir)
-    extra = {}
-    if engine is not None:
-        core = collection.core
-        core.qdrant = EngineCandidates(core.vectors, core.store.years(), core.step_sizes, core.store.count,
-                                       engine)
-        extra = {"load_s": core.qdrant.load_seconds, "hnsw_s": core.qdrant.index_seconds}
+def with_engine(collection: Collection, folder: Path) -> Collection:
+    """The Qdrant backend's collection, its candidates from Qdrant's engine in-process (built in
+    `folder`) instead of qdrant-client."""
+    core = collection.core
+    core.qdrant = EngineCandidates(core.vectors, core.store.years(), core.step_sizes, core.store.count,
+                                   folder, core.settings.hnsw_ef)
+    return collection
+
+
+def measure(collection: Collection, queries: np.ndarray, truth: dict, urns: list[str]) -> dict:
+    """Recall per key and per year, and the latency of one search of all three keys, for one backend."""
     years = list(range(FIRST_YEAR, LAST_YEAR + 1))
     collection.neighbours(urns[int(queries[0])], nns=10, steps=[None, 10, 1])  # warm-up
     found: dict[str, list] = {key: [] for key in KEYS}
@@ -128,7 +130,7 @@ def measure(store_dir: Path, index_dir: Path, queries: np.ndarray, truth: dict, 
         times.append(time.perf_counter() - started)
         for key in KEYS:
             found[key].append([period["neighbours"] for period in answer["steps"][key]])
-    result = {"p50_ms": statistics.median(times) * 1e3, **extra,
+    result = {"p50_ms": statistics.median(times) * 1e3,
               **{f"recall_{key}": recall(found[key], truth[key], urns) for key in KEYS}}
     per_year = [recall([[periods[index]] for periods in found["1"]],
                        [[periods[index]] for periods in truth["1"]], urns) for index in range(len(years))]
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--engine", action="store_true",
                         help="also Qdrant's engine in-process (pip install qdrant-edge-py)")
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[128], metavar="EF",
+                        help="the engine's searches with each HNSW ef (SearchSettings.hnsw_ef; default 128)")
     parser.add_argument("--skip-local", action="store_true",
                         help="not the local mode's searches (slow: ~1 min a query at 100,000)")
     where = parser.add_mutually_exclusive_group()
@@ -170,35 +174,34 @@ def main() -> None:
         urns = [item["urn"] for item in store.items]
         queries = np.random.default_rng(1).choice(len(store), args.queries, replace=False)
         results = {}
-        runs = [("annoy", work / "annoy", None)]
+        truth = {name: ground_truth(store_dir, work / name, queries) for name in ("annoy", "qdrant-index")}
+        results["annoy"] = measure(Collection(store_dir, work / "annoy"), queries, truth["annoy"], urns)
         if not args.skip_local:
-            runs.append(("qdrant", work / "qdrant-index", None))
+            results["qdrant"] = measure(Collection(store_dir, work / "qdrant-index"), queries,
+                                        truth["qdrant-index"], urns)
+        engine_build = None
         if args.engine:
             shutil.rmtree(work / "engine", ignore_errors=True)
-            runs.append(("qdrant engine", work / "qdrant-index", work / "engine"))
-        truths = {}
-        for name, index_dir, engine in runs:
-            truth = truths.get(index_dir) or truths.setdefault(index_dir, ground_truth(store_dir, index_dir,
-                                                                                       queries))
-            results[name] = measure(store_dir, index_dir, queries, truth, urns, engine)
-        engine = args.qdrant_url or f"qdrant-client local mode ({location['qdrant_path']})"
+            collection = with_engine(Collection(store_dir, work / "qdrant-index"), work / "engine")
+            engine_build = (collection.core.qdrant.load_seconds, collection.core.qdrant.index_seconds)
+            for ef in args.hnsw_ef:
+                collection.core.qdrant.hnsw_ef = ef
+                results[f"qdrant engine, ef {ef}"] = measure(collection, queries, truth["qdrant-index"], urns)
+        where = args.qdrant_url or f"qdrant-client local mode ({location['qdrant_path']})"
         print(f"\n{len(store):,} x {store.n_dimensions}, {args.queries} queries, each one search of the "
-              f"whole collection + 5 decades + 50 years (n=10); Qdrant: {engine}\n")
-        print("| backend | build s | recall@10 all | step 10 | step 1 | worst year | search p50 ms |")
+              f"whole collection + 5 decades + 50 years (n=10); Qdrant: {where}\n")
+        print("| backend | recall@10 all | step 10 | step 1 | worst year | search p50 ms | / annoy |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for name, result in results.items():
             year, worst = result["worst_year"]
-            built = seconds.get(name) or result["load_s"] + result["hnsw_s"]
-            print(f"| {name} | {built:.1f} | {result['recall_all']:.4f} | "
-                  f"{result['recall_10']:.4f} | {result['recall_1']:.4f} | {year}: {worst:.3f} | "
-                  f"{result['p50_ms']:.1f} |")
-        print(f"\nratios to annoy: build qdrant (local mode) {seconds['qdrant'] / seconds['annoy']:.2f}x")
-        for name in results:
-            if name != "annoy":
-                print(f"search p50 {name}: {results[name]['p50_ms'] / results['annoy']['p50_ms']:.2f}x")
-        if "qdrant engine" in results:
-            engine = results["qdrant engine"]
-            print(f"qdrant engine: load {engine['load_s']:.1f} s + HNSW {engine['hnsw_s']:.1f} s")
+            print(f"| {name} | {result['recall_all']:.4f} | {result['recall_10']:.4f} | "
+                  f"{result['recall_1']:.4f} | {year}: {worst:.3f} | {result['p50_ms']:.1f} | "
+                  f"{result['p50_ms'] / results['annoy']['p50_ms']:.2f}x |")
+        print(f"\nbuild: annoy {seconds['annoy']:.1f} s, qdrant ({where}) {seconds['qdrant']:.1f} s "
+              f"({seconds['qdrant'] / seconds['annoy']:.2f}x; a build that found everything current: "
+              "seconds)")
+        if engine_build:
+            print(f"qdrant engine: load {engine_build[0]:.1f} s + HNSW {engine_build[1]:.1f} s")
     finally:
         if args.keep or args.work_dir:
             print(f"kept {work}")

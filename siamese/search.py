@@ -76,6 +76,8 @@ class SearchSettings:
         ones, whose variance the projection keeps less of, so that their true neighbours sit deeper in
         its ranking (each costs an eighth of a raw 2048-d candidate to re-rank at 256-d).
     threads : threads for one query's scan of the codes; 1 suits a server whose workers fill the cores.
+    hnsw_ef : the Qdrant backend's HNSW ef per query (at least twice the candidates asked for): larger,
+        better recall in large filtered periods, slower (bench/qdrant_backend.py --hnsw-ef).
     """
 
     search_k: int | None = None
@@ -84,6 +86,7 @@ class SearchSettings:
     brute_force_max_rows: int = 256
     candidate_multiplier: float | None = None
     threads: int = 1
+    hnsw_ef: int = 128
 
     def n_candidates(self, n: int, size: int, metric: str) -> int:
         """How many candidates a search of an index of `size` items keeps for exact re-ranking down to n.
@@ -205,7 +208,7 @@ class SearchCore:
             if not manifest.get("qdrant"):
                 raise layout.IndexDamaged(f"{self.index_dir / layout.MANIFEST} names no Qdrant collection; "
                                           f"{layout.REBUILD}")
-            self.qdrant = QdrantCandidates(manifest["qdrant"], store.count)
+            self.qdrant = QdrantCandidates(manifest["qdrant"], store.count, self.settings.hnsw_ef)
         annoy_metric = self.projection.annoy_metric(descriptor_dimensions, manifest["index_dimensions"])
         dimensions = self.projection.dimensions(descriptor_dimensions)
         span = manifest["years"]
