@@ -148,8 +148,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("--engine", action="store_true",
                         help="also Qdrant's engine in-process (pip install qdrant-edge-py)")
-    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[128], metavar="EF",
-                        help="the engine's searches with each HNSW ef (SearchSettings.hnsw_ef; default 128)")
+    parser.add_argument("--hnsw-ef", type=int, nargs="+", default=[256], metavar="EF",
+                        help="the engine's searches with each HNSW ef (SearchSettings.hnsw_ef; default 256)")
     parser.add_argument("--skip-local", action="store_true",
                         help="not the local mode's searches (slow: ~1 min a query at 100,000)")
     where = parser.add_mutually_exclusive_group()

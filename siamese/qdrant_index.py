@@ -47,7 +47,7 @@ ROW, YEAR = "row", "year"
 LOAD_BATCH = 1_024  # points per upsert: large enough to amortise a request, small enough to resume
 # HNSW's ef for each query (SearchSettings.hnsw_ef), at least twice the candidates asked for: the
 # server's default (ef_construct, 100) is tuned for top-10 answers; re-ranking wants the true ones inside
-DEFAULT_HNSW_EF = 128
+DEFAULT_HNSW_EF = 256
 API_KEY_VARIABLE = "QDRANT_API_KEY"  # read from the environment, never written to the manifest
 DISTANCES = {"euclidean": "Euclid", "angular": "Cosine", "dot": "Dot", "manhattan": "Manhattan"}
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
