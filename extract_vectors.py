@@ -2,12 +2,18 @@
 
     python extract_vectors.py METADATA_CSV VECTOR_DIR [--images-root DIR] [--model NAME]
                               [--weights PATH] [--batch-size N] [--workers N]
+                              [--ray [ADDRESS] [--ray-actors N] [--ray-cpus-per-actor N]]
 
 Reads the metadata CSV (columns urn, path, date, and any others as metadata), decodes every image in a
 pool of threads while the model embeds the previous batch, and appends each batch to the vector store as
 it is done. Re-running skips what is stored, so an interrupted run (Ctrl-C, kill -9, a crash) is resumed
 by running the same command again; it loses at most the batch in flight. Images that cannot be read are
 listed with the reason in VECTOR_DIR/rejects.csv and do not stop the run.
+
+With --ray, model actors on a Ray cluster decode and embed the images (siamese/ray_extract.py; Ray is
+imported only then): this process still reads the CSV and is the store's one writer, so the store, the
+rejects and resuming are the same. The images must be at the same path on every node
+(docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import collections
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +40,7 @@ from siamese.backbones import (
     show_tensorflow_logs,
 )
 from siamese.cli import Parser, add_max_pixels_option, run_command, write_csv_report
-from siamese.images import INPUT_MODES, ImageRejected, check_input_mode, load_model_input, set_max_pixels
+from siamese.images import INPUT_MODES, check_input_mode, model_input_or_reason, set_max_pixels
 from siamese.metadata import MetadataError, Record, read_metadata
 from siamese.vector_store import StoreError, VectorStoreWriter, unusable_rows
 
@@ -69,12 +75,7 @@ def decode_in_background(records: Iterable[Record], images_root: Path, size: tup
     model (which also releases it) embeds the current one.
     """
     def decode(record: Record) -> np.ndarray | str:
-        try:
-            return load_model_input(record.resolve(images_root), size, input_mode)
-        except ImageRejected as error:
-            return str(error)
-        except MemoryError:
-            return "image too large to decode in memory"
+        return model_input_or_reason(record.resolve(images_root), size, input_mode)
 
     pending: collections.deque[tuple[Record, Future]] = collections.deque()
     records = iter(records)
@@ -92,6 +93,25 @@ def decode_in_background(records: Iterable[Record], images_root: Path, size: tup
 def write_rejects(vector_dir: Path, rejects: list[tuple[str, str, str]]) -> None:
     """The rejects of the latest run, as CSV (urn, path, reason); replaced atomically."""
     write_csv_report(vector_dir / REJECTS_FILE, ["urn", "path", "reason"], rejects)
+
+
+def commit_batch(store: VectorStoreWriter, records: Sequence[Record], vectors: np.ndarray,
+                 report: ExtractionReport) -> None:
+    """Store one embedded batch (a commit: a crash after this cannot lose it) and count it in `report`.
+
+    A row the model gave NaN, infinite or out-of-range values for is rejected instead: a model gone
+    wrong must not poison the store. Shared with the extraction on Ray (siamese/ray_extract.py), so
+    that both store and reject alike.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    unusable = unusable_rows(vectors)
+    for record in (record for record, bad in zip(records, unusable, strict=True) if bad):
+        report.rejects.append((record.urn, record.path,
+                               "the model gave NaN, infinite or out-of-range values"))
+    keep = [record.to_item() for record, bad in zip(records, unusable, strict=True) if not bad]
+    if keep:
+        store.append(vectors[~unusable], keep)
+    report.stored += len(keep)
 
 
 def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLike,
@@ -133,16 +153,7 @@ def extract_vectors(metadata_csv: str | os.PathLike, vector_dir: str | os.PathLi
         def flush() -> None:
             nonlocal rejects_written
             if batch_records:
-                vectors = np.asarray(embedder(np.stack(batch_pixels)), dtype=np.float32)
-                unusable = unusable_rows(vectors)  # a model gone wrong must not poison the store
-                for record in (record for record, bad in zip(batch_records, unusable, strict=True) if bad):
-                    report.rejects.append((record.urn, record.path, "the model gave NaN, infinite or "
-                                                                    "out-of-range values"))
-                keep = [record.to_item() for record, bad in zip(batch_records, unusable, strict=True)
-                        if not bad]
-                if keep:
-                    store.append(vectors[~unusable], keep)
-                report.stored += len(keep)
+                commit_batch(store, batch_records, embedder(np.stack(batch_pixels)), report)
                 batch_pixels.clear()
                 batch_records.clear()
             if len(report.rejects) != rejects_written:
@@ -197,7 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="images per model call and per commit to the store (default: 64)")
     parser.add_argument("--workers", type=int, metavar="N",
-                        help="image-decoding threads (default: cores + 2, at most 8)")
+                        help="image-decoding threads (default: cores + 2, at most 8); not with --ray")
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help="decode and embed on a Ray cluster (pip install \".[ray]\"); this process "
+                             "stays the store's one writer. Alone: the cluster RAY_ADDRESS names, else the "
+                             "one `ray start` started on this machine, else a new one here for this run; "
+                             "ADDRESS: 'local' (always a new one here), HOST:6379, or ray://HOST:10001. "
+                             "Every node must see the images at the same path")
+    parser.add_argument("--ray-actors", type=int, metavar="N",
+                        help="with --ray: model actors, each loading the model once (default: one per "
+                             "GPU, else as many as the nodes' CPUs hold)")
+    parser.add_argument("--ray-cpus-per-actor", type=int, metavar="N",
+                        help="with --ray: CPU cores each actor reserves, for its model and its "
+                             "decoding threads (default: without GPUs up to 4, fewer on smaller nodes, "
+                             "or shared out to fit --ray-actors; with GPUs the node's CPUs per GPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_max_pixels_option(parser)
     parser.add_argument("--verbose", action="store_true", help="TensorFlow's own log lines too")
@@ -211,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch-size must be at least 1")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    for option, value in (("--ray-actors", args.ray_actors),
+                          ("--ray-cpus-per-actor", args.ray_cpus_per_actor)):
+        if value is not None and args.ray is None:
+            parser.error(f"{option} only applies with --ray")
+        if value is not None and value < 1:
+            parser.error(f"{option} must be at least 1")
+    if args.ray is not None and args.workers is not None:
+        parser.error("--workers is for extraction in this process; with --ray each actor decodes with "
+                     "its own cores (--ray-cpus-per-actor)")
     if args.weights is not None and not Path(args.weights).is_file():
         parser.error(f"--weights: no such file: {args.weights}")
     if args.images_root is not None and not Path(args.images_root).is_dir():
@@ -219,14 +252,30 @@ def main(argv: list[str] | None = None) -> int:
         show_tensorflow_logs()
     set_max_pixels(args.max_pixels)
 
+    errors: tuple[type[BaseException], ...] = (MetadataError, StoreError, BackboneError, ValueError)
+    if args.ray is not None:
+        from siamese.ray_extract import RayExtractionError  # Ray itself is imported only when it runs
+
+        errors += (RayExtractionError,)
+
     def command() -> int:
-        report = extract_vectors(args.metadata_csv, args.vector_dir, images_root=args.images_root,
-                                 model=args.model, weights=args.weights, batch_size=args.batch_size,
-                                 workers=args.workers, progress=not args.quiet, input_mode=args.input_mode)
+        if args.ray is not None:
+            from siamese.ray_extract import extract_vectors_on_ray
+
+            report = extract_vectors_on_ray(
+                args.metadata_csv, args.vector_dir, images_root=args.images_root, model=args.model,
+                weights=args.weights, batch_size=args.batch_size, address=args.ray or None,
+                n_actors=args.ray_actors, cpus_per_actor=args.ray_cpus_per_actor,
+                progress=not args.quiet, input_mode=args.input_mode, max_pixels=args.max_pixels)
+        else:
+            report = extract_vectors(args.metadata_csv, args.vector_dir, images_root=args.images_root,
+                                     model=args.model, weights=args.weights, batch_size=args.batch_size,
+                                     workers=args.workers, progress=not args.quiet,
+                                     input_mode=args.input_mode)
         print(report.summary(Path(args.vector_dir)))
         return 0
 
-    return run_command("extract_vectors.py", command, (MetadataError, StoreError, BackboneError, ValueError),
+    return run_command("extract_vectors.py", command, errors,
                        "what was stored is kept, run the same command again to resume")
 
 

@@ -170,6 +170,19 @@ def load_model_input(path: str | os.PathLike, size: tuple[int, int],
     return load_model_input_with_size(path, size, input_mode)[0]
 
 
+def model_input_or_reason(path: str | os.PathLike, size: tuple[int, int],
+                          input_mode: str = "colour") -> np.ndarray | str:
+    """load_model_input's array, or why the image cannot be used: what an extraction lists in rejects.csv
+    before it goes on. One place for the reasons, so that extraction in one process and on Ray
+    (siamese/ray_extract.py) reject the same images alike."""
+    try:
+        return load_model_input(path, size, input_mode)
+    except ImageRejected as error:
+        return str(error)
+    except MemoryError:
+        return "image too large to decode in memory"
+
+
 def load_model_input_with_size(path: str | os.PathLike, size: tuple[int, int], input_mode: str = "colour"
                                ) -> tuple[np.ndarray, tuple[int, int]]:
     """load_model_input's array, and the upright (width, height) of the file itself, from its header
