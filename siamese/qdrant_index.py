@@ -28,6 +28,7 @@ qdrant-client is imported only here, and only when a Qdrant backend is used: `pi
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import re
 import threading
@@ -114,7 +115,6 @@ class QdrantLocation:
     def prefix_for(self, index_dir: Path) -> str:
         if self.collection is not None:
             return self.collection
-        import hashlib
         digest = hashlib.sha1(str(index_dir.resolve()).encode()).hexdigest()[:8]
         return f"siamese-{re.sub(r'[^A-Za-z0-9_-]', '', index_dir.resolve().name)[:40]}-{digest}"
 

@@ -204,7 +204,7 @@ class SearchCore:
             self.codes, self.descriptor_codes = layout.read_codes(self.index_dir, manifest["codes"], years,
                                                                   self.metric, descriptor_dimensions)
         by_year = np.argsort(years, kind="stable") if self.codes is None else self.codes.order
-        sorted_years = years[by_year]
+        sorted_years = years[by_year] if self.codes is None else self.codes.years
         self.qdrant: QdrantCandidates | None = None
         if manifest.get("backend") == "qdrant":
             if not manifest.get("qdrant"):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,20 @@ def histogram_collection(tmp_path_factory):
     from app_support import build_histogram_collection
 
     return build_histogram_collection(tmp_path_factory.mktemp("histogram-collection"))
+
+
+def wait_for_stored(process: subprocess.Popen, vector_dir: Path, rows: int, seconds: float) -> int:
+    """Poll the vector store a running extraction writes until it has committed at least `rows` rows,
+    the process ended, or `seconds` passed; the rows committed last seen (to kill it mid-run)."""
+    from siamese.vector_store import MANIFEST  # (ROOT is on sys.path once this module has run)
+
+    deadline = time.monotonic() + seconds
+    count = 0
+    manifest = vector_dir / MANIFEST
+    while time.monotonic() < deadline and process.poll() is None:
+        if manifest.exists():
+            count = json.loads(manifest.read_text())["count"]
+            if count >= rows:
+                break
+        time.sleep(0.05)
+    return count

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, write_csv
+from conftest import ROOT, wait_for_stored, write_csv
 from extract_vectors import extract_vectors
-from siamese.vector_store import MANIFEST, VectorStore
+from siamese.vector_store import VectorStore
 
 
 def test_same_emoji_by_two_makers_is_found_as_twin(pairs_csv, tmp_path, inception_2015):
@@ -76,15 +74,7 @@ def test_kill_9_mid_run_leaves_a_consistent_store_that_resumes(pairs_csv, tmp_pa
     command = [sys.executable, str(ROOT / "extract_vectors.py"), str(pairs_csv), str(vector_dir),
                "--batch-size", "4", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    count = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        manifest = vector_dir / MANIFEST
-        if manifest.exists():
-            count = json.loads(manifest.read_text())["count"]
-            if count >= 8:
-                break
-        time.sleep(0.05)
+    count = wait_for_stored(process, vector_dir, 8, 120)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert count >= 8, process.stderr.read().decode()[-2000:]

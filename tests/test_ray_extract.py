@@ -5,7 +5,6 @@ local cluster for the module) and the real Inception v3, loaded in the actors as
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import signal
@@ -19,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, write_csv
+from conftest import ROOT, wait_for_stored, write_csv
 from extract_vectors import extract_vectors
 from siamese import images
 from siamese.ray_extract import ActorPlan, RayExtractionError, plan_actors
-from siamese.vector_store import MANIFEST, VectorStore, VectorStoreWriter
+from siamese.vector_store import VectorStore, VectorStoreWriter
 
 MODEL = "inception-v3-2015"
 MAX_PIXELS = 1_000_000  # the collection's one large image (1.2 megapixels) is over it
@@ -168,15 +167,7 @@ def test_driver_killed_mid_run_leaves_a_store_that_resumes_to_the_same_vectors(
     env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
     with open(tmp_path / "stderr.txt", "wb") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
-    deadline = time.monotonic() + 150
-    count = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        manifest = vector_dir / MANIFEST
-        if manifest.exists():
-            count = json.loads(manifest.read_text())["count"]
-            if count >= 4:
-                break
-        time.sleep(0.05)
+    count = wait_for_stored(process, vector_dir, 4, 150)
     cluster = descendants(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
