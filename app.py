@@ -23,6 +23,8 @@ server instead and adds tracebacks to 500s. The metadata is the one the vector s
     POST /api/search  (multipart: image=FILE[, nns=10][, step=S|all|all,S,...][, reprints=0])
                                 the neighbours of an uploaded image (at most 20 MB), embedded with the
                                 collection's own model: /api/neighbours' answer with "urn": null
+    GET /map, /api/map, /api/clusters       the collection map (make_map.py): all images laid out by
+                                similarity, their themes over time (siamese/map_routes.py)
     GET /query?urn=U[&nns=N&step=S][&vectors=false], GET /random
                                 the original Siamese's routes and answers (siamese/original_api.py)
 
@@ -62,6 +64,7 @@ from siamese.collection import Collection, CollectionError, LiveCollection, Repr
 from siamese.embedding_service import EmbeddingService, preload
 from siamese.facets import UnknownColumn
 from siamese.images import set_max_pixels
+from siamese.map_routes import add_map_routes
 from siamese.original_api import add_original_routes
 from siamese.params import (
     DEFAULT_NNS,
@@ -118,8 +121,9 @@ def info(collection: Collection) -> dict:
                          "max": MAX_CANDIDATES}}
 
 
-_ROUTES_TEXT = ("GET /, /api/neighbours, /api/item, /api/random, /api/collection, /thumbnail, /static/..., "
-                "and the original Siamese's /query and /random; POST /api/search")
+_ROUTES_TEXT = ("GET /, /map, /api/neighbours, /api/item, /api/random, /api/collection, /api/facets, "
+                "/api/map, /api/clusters, /thumbnail, /static/..., the map's pictures, and the original "
+                "Siamese's /query and /random; POST /api/search")
 
 
 def _error_message(error: bottle.HTTPError, debug: bool) -> dict:
@@ -165,6 +169,14 @@ def render_page(collection: Collection) -> str:
     template = bottle.SimpleTemplate(name="index", lookup=[str(VIEWS)])
     return template.render(info=described, info_json=json.dumps(described), count=f"{described['count']:,}",
                            version=_static_version())
+
+
+def render_map_page(collection: Collection, clusters: dict | None) -> str:
+    """The map page: the collection's description and the map's themes (None: no map made yet)."""
+    described = info(collection)
+    template = bottle.SimpleTemplate(name="map", lookup=[str(VIEWS)])
+    return template.render(info=described, info_json=json.dumps(described), count=f"{described['count']:,}",
+                           version=_static_version(), map_json=json.dumps(clusters, ensure_ascii=False))
 
 
 def make_app(collection: Collection | LiveCollection, debug: bool = False,
@@ -352,6 +364,9 @@ def make_app(collection: Collection | LiveCollection, debug: bool = False,
         return answer_as(with_thumbnails(answer), bottle.request.environ.get("siamese.format"))
 
     add_original_routes(app, now)  # GET /query, /random: the original Siamese's API
+    # GET /map, /api/map, /api/clusters, the map's pictures (siamese/map_routes.py; made by make_map.py)
+    add_map_routes(app, now, route, thumbnail_url, lambda clusters: render_map_page(now(), clusters),
+                   code_version)
 
     def index_server_down(callback: Callable) -> Callable:
         """A Qdrant backend that does not answer (siamese/qdrant_index.py): 503 with what happened,

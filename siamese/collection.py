@@ -28,6 +28,7 @@ from siamese.facets import Facets
 from siamese.images import ImageRejected, open_rgb
 from siamese.index_build import IndexConfig, build_indices
 from siamese.index_dir import MANIFEST, WHOLE, IndexDamaged, built_step_sizes, read_manifest
+from siamese.map_files import CollectionMap, MapDamaged, map_signature, open_map
 from siamese.metadata import resolve_image_path
 from siamese.reprints import (
     LOOK_DEEPER,
@@ -56,6 +57,9 @@ class ReprintsUnavailable(ValueError):
 def step_key(step: int | None) -> str:
     """The key of a step size in answers: "all" for the whole collection (None), else the size."""
     return WHOLE if step is None else str(step)
+
+
+MAP_CHECK_SECONDS = 2.0  # how often a server looks for a map made again
 
 
 class Collection:
@@ -121,6 +125,10 @@ class Collection:
         self._random = random.Random()
         self._random_lock = threading.Lock()
         self.facets = Facets(self.store)  # metadata columns, read when a filter first asks for one
+        self._map: CollectionMap | None = None
+        self._map_signature: tuple[int, int, int] | None = None
+        self._map_checked = -MAP_CHECK_SECONDS
+        self._map_lock = threading.Lock()
 
     @property
     def count(self) -> int:
@@ -296,6 +304,28 @@ class Collection:
         """An image's vector by the collection's own model (`embedder`: that model, already loaded),
         the image shown to it as the collection's were (the store's input mode)."""
         return embed_image(image, self.model, embedder, self.store.input_mode)
+
+    # ---------------------------------------------------------------- the map
+
+    def collection_map(self) -> CollectionMap | None:
+        """The collection's map (make_map.py), None when none was made. A map made again while the
+        server runs is read on the next request after it (map.json looked at, one stat, at most every
+        MAP_CHECK_SECONDS); a damaged one is reported in the log and the one read before is kept."""
+        if time.monotonic() - self._map_checked < MAP_CHECK_SECONDS:
+            return self._map
+        with self._map_lock:
+            if time.monotonic() - self._map_checked < MAP_CHECK_SECONDS:
+                return self._map
+            signature = map_signature(self.index_dir)
+            if signature != self._map_signature:
+                try:
+                    self._map = open_map(self.index_dir, self._years)
+                except MapDamaged as error:
+                    print(f"the map in {self.index_dir} cannot be read ({error}); still serving the one read "
+                          "before", file=sys.stderr, flush=True)
+                self._map_signature = signature
+            self._map_checked = time.monotonic()
+            return self._map
 
     # ---------------------------------------------------------------- thumbnails
 
