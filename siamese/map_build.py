@@ -359,6 +359,8 @@ def _build(store: VectorStore, index_dir: Path, thumbnails: Thumbnails | None, n
     if complete is not None and (complete.get("count", 0) > count or any(
             complete["settings"].get(key) != settings[key] for key in LAYOUT_SETTINGS)):
         complete = None  # other settings, or a store made again with fewer rows: laid out again
+    if complete is not None:
+        files.verify_map(index_dir, complete)  # a damaged map is named, and --force remakes it
     if complete is not None and complete["count"] == count and (thumbnails is None or (
             (complete.get("atlases") or {}).get("thumbnails") == str(thumbnails.directory)
             and complete["atlases"].get("state") == thumbnails.state())):
@@ -408,7 +410,9 @@ def _build(store: VectorStore, index_dir: Path, thumbnails: Thumbnails | None, n
             labels = files.load_array(index_dir, complete["clusters"]["labels"], "clusters")
             labels = np.concatenate([labels, nearest_centres(space[len(labels):], centres)])
         else:
+            clusters_started = time.perf_counter()
             labels, centres = find_clusters(space, settings["n_clusters"], seed)
+            made["clusters_seconds"] = round(time.perf_counter() - clusters_started, 1)
         info = describe_clusters(store, space, labels, centres, places)
         pending["clusters"] = {"labels": files.save_array(index_dir, "clusters", labels.astype(np.uint16)),
                                "centres": files.save_array(index_dir, "centres", centres), "info": info}
@@ -416,8 +420,10 @@ def _build(store: VectorStore, index_dir: Path, thumbnails: Thumbnails | None, n
     stages.update()
     # 3. sprite atlases of the thumbnails, one file per PER_ATLAS rows, each recorded when written
     stages.set_postfix_str("atlases")
+    atlases_started = time.perf_counter()
     pending["atlases"] = None if thumbnails is None else \
         _atlases(store, index_dir, thumbnails, complete, pending, record, progress)
+    made["atlases_seconds"] = round(time.perf_counter() - atlases_started, 1)
     stages.update()
     # 4. the overview, then the new map promoted whole
     stages.set_postfix_str("overview")

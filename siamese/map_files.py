@@ -141,6 +141,27 @@ def referenced_files(manifest: dict) -> set[str]:
     return names
 
 
+def verify_map(index_dir: Path, manifest: dict) -> int:
+    """Check every file the complete map names against its size and checksum (MapDamaged naming the
+    first that differs); the number of files checked."""
+    checked = 0
+
+    def walk(value: object, what: str) -> None:
+        nonlocal checked
+        if isinstance(value, dict):
+            if isinstance(value.get("file"), str):
+                check_file(index_dir, value, what)
+                checked += 1
+            for key, inner in value.items():
+                walk(inner, key)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, what)
+
+    walk({key: value for key, value in manifest.items() if key != "pending"}, "map")
+    return checked
+
+
 def collect_garbage(index_dir: Path, manifest: dict) -> None:
     """Delete map files the manifest no longer names (replaced, or left by an interrupted build)."""
     keep = referenced_files(manifest)
