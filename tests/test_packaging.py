@@ -19,10 +19,11 @@ from siamese import assets
 from siamese.assets import asset_dir
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = ["annoy_indexer.py", "app.py", "extract_vectors.py", "make_thumbnails.py", "import_siamese.py"]
+MODULES = ["annoy_indexer.py", "app.py", "extract_vectors.py", "make_thumbnails.py", "import_siamese.py",
+           "make_map.py"]
 SCRIPTS = {"siamese-extract": "extract_vectors:main", "siamese-thumbnails": "make_thumbnails:main",
            "siamese-index": "annoy_indexer:main", "siamese-serve": "app:main",
-           "siamese-import": "import_siamese:main"}
+           "siamese-import": "import_siamese:main", "siamese-map": "make_map:main"}
 SOURCE_DIRS = {"siamese", "static", "views"}  # with the top-level files, all a build needs
 
 
