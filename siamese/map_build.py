@@ -282,8 +282,10 @@ def atlas_image(paths: list[Path | None], pool: ThreadPoolExecutor) -> tuple[byt
     return buffer.getvalue(), missing
 
 
-YEAR_COLOURS = np.array([(68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37)],
-                        dtype=np.float64)  # viridis at 0, 1/4, ..., 1: early years dark, late bright
+# the map page's scale (static/map.js YEAR_SCALE): viridis' hues from blue-violet to yellow, its darkest
+# part lifted so that the first years show on the dark background
+YEAR_COLOURS = np.array([(104, 110, 232), (62, 140, 214), (40, 170, 190), (38, 190, 140), (122, 209, 81),
+                         (253, 231, 37)], dtype=np.float64)
 
 
 def year_colours(years: np.ndarray) -> np.ndarray:
@@ -304,7 +306,12 @@ def overview_png(places: np.ndarray, years: np.ndarray) -> bytes:
     points are: its width and its height both span 0..1."""
     canvas = np.full((OVERVIEW, OVERVIEW, 3), 24, dtype=np.uint8)
     pixels = np.clip((places * (OVERVIEW - 1)).round().astype(int), 0, OVERVIEW - 1)
-    canvas[pixels[:, 1], pixels[:, 0]] = year_colours(years)
+    colours = year_colours(years)
+    # a few thousand points: 3-pixel dots, or a small collection is a dark square in the search page's inset
+    offsets = [(0, 0)] if len(places) > 20_000 else [(dx, dy) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+    for dx, dy in offsets:
+        canvas[np.clip(pixels[:, 1] + dy, 0, OVERVIEW - 1),
+               np.clip(pixels[:, 0] + dx, 0, OVERVIEW - 1)] = colours
     buffer = io.BytesIO()
     Image.fromarray(canvas).save(buffer, "PNG", optimize=True)
     return buffer.getvalue()

@@ -540,6 +540,40 @@
       }));
   }
 
+  // ------------------------------------------------------------------------------ the map inset
+  // Where the query lies on the collection map (make_map.py), when one is built: the map's overview
+  // with a marker, linking to the map centred there. An uploaded image is placed at the mean position
+  // of its 10 nearest images. Without a map (api/clusters answers 404) nothing is shown.
+  let collectionMap = null;  // a Promise of api/clusters' answer, or of null when there is no map
+  let insetNumber = 0;  // answers for a query no longer shown are dropped
+
+  async function drawInset(urn, neighbours) {
+    const mine = ++insetNumber;
+    const done = (shown) => { if (mine === insetNumber) document.body.dataset.mapInset = shown ? "shown" : "none"; };
+    $("map-inset").hidden = true;
+    if (collectionMap === null) collectionMap = getJson("api/clusters", {}).catch(() => null);
+    try {
+      const map = await collectionMap;
+      const urns = urn !== null ? [urn] : neighbours.slice(0, 10).map((item) => item.urn);
+      if (!map || !map.overview || urns.length === 0) return done(false);
+      const points = (await getJson("api/map", urns.map((one) => ["urn", one]))).points;
+      if (mine !== insetNumber || points.length === 0) return done(false);
+      const x = points.reduce((sum, point) => sum + point.x, 0) / points.length;
+      const y = points.reduce((sum, point) => sum + point.y, 0) / points.length;
+      $("map-inset-marker").style.left = (100 * x / 65535).toFixed(3) + "%";
+      $("map-inset-marker").style.top = (100 * y / 65535).toFixed(3) + "%";
+      $("map-inset-image").src = map.overview;
+      const filters = (current.filters || []).map((filter) => ["filter", filter]);
+      // an upload has no urn: its place goes in the fragment (map#at=x,y), which the map page reads
+      const query = new URLSearchParams(urn !== null ? [["focus", urn], ...filters] : filters).toString();
+      $("map-inset").href = "map" + (query ? "?" + query : "") + (urn !== null ? "" : "#at=" + Math.round(x) + "," + Math.round(y));
+      $("map-inset").hidden = false;
+      done(true);
+    } catch (error) {
+      done(false);  // the map is extra: the search stands without it
+    }
+  }
+
   // ------------------------------------------------------------------------------ searching
 
   function remember(state, how) {
@@ -570,6 +604,7 @@
       $("start").hidden = true;
       $("results").hidden = false;
       drawQuery(answer);
+      drawInset(answer.urn, null);
       drawNeighbours(answer.steps.all[0].neighbours, answer.reprints);
       drawControls(current);
       drawTimeline(periods, answer.metadata.year);
@@ -631,6 +666,7 @@
       $("start").hidden = true;
       $("results").hidden = false;
       drawUploadQuery(answer, currentUpload.url);
+      drawInset(null, answer.steps.all[0].neighbours);
       drawNeighbours(answer.steps.all[0].neighbours, answer.reprints);
       drawControls(current);
       drawTimeline(periods, NaN);  // an upload has no year of its own

@@ -24,6 +24,7 @@
       <input id="upload-file" class="visually-hidden" type="file" accept="image/*">
       <span class="drop-hint">or drop one here</span>
     </div>
+    <nav class="site-nav" aria-label="Pages"><a href="map" title="Every image of the collection on one map, and its themes over time">Map</a></nav>
     <p class="collection" id="collection-summary">
       {{count}} images
       % if info["years"]:
@@ -52,6 +53,11 @@
         <h3 id="query-title" class="query-title"></h3>
         <button id="keep" class="keep" type="button" aria-pressed="false" hidden>Keep in the basket</button>
         <dl id="query-metadata" class="metadata"></dl>
+        <a id="map-inset" class="map-inset" href="map" hidden>
+          <span class="map-inset-frame"><img id="map-inset-image" alt="The collection map"><span
+            id="map-inset-marker" class="map-inset-marker"></span></span>
+          <span class="map-inset-caption">Where it lies on the collection map: open the map there</span>
+        </a>
       </aside>
 
       <div class="result-lists">
