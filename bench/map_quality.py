@@ -92,8 +92,8 @@ def main() -> None:
             "distinct values": len(set(values))}
     held = np.sort(rng.choice(len(space), int(len(space) * args.held_out), replace=False))
     kept = np.setdiff1d(np.arange(len(space)), held)
-    kept_layout = map_build.normalised(map_build.umap_layout(space[kept], map_build.DEFAULT_NEIGHBOURS,
-                                                             map_build.DEFAULT_MIN_DIST, None, False))
+    kept_layout = map_build.normalised(map_build.spread_out(map_build.umap_layout(
+        space[kept], map_build.DEFAULT_NEIGHBOURS, map_build.DEFAULT_MIN_DIST, None, False)))
     placed = map_build.place_rows(space[kept], kept_layout, space[held], map_build.DEFAULT_NEIGHBOURS)
     combined = np.empty((len(space), 2), np.float32)
     combined[kept], combined[held] = kept_layout, placed

@@ -2,6 +2,7 @@
 
     python demo/screenshot.py [--url http://127.0.0.1:8080/] [--urn emoji:google:1f600] [--step 1]
                               [--out docs/screenshot.png] [--width 1440] [--height 1200]
+    python demo/screenshot.py --map "year=2016" --out docs/map.png     the map page (docs/map.png)
 
 Start the server first (python app.py --vector-dir data/demo/vectors --index-dir data/demo/indices-eucl
 --thumbnails data/demo/thumbnails).
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/screenshot.png", help="the PNG to write")
     parser.add_argument("--width", type=int, default=1440)
     parser.add_argument("--height", type=int, default=1200)
+    parser.add_argument("--map", metavar="QUERY", help="the map page instead, with this query string "
+                                                        "(e.g. year=2016; '' for none)")
     args = parser.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -34,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         # bypass_csp: the page forbids eval, which wait_for_function uses; nothing else changes
         page = browser.new_page(viewport={"width": args.width, "height": args.height}, bypass_csp=True)
+        if args.map is not None:
+            page.goto(args.url + "map" + ("?" + args.map if args.map else ""))
+            page.wait_for_selector("body[data-map-ready=drawn]")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=args.out, full_page=True)  # the themes over time too, below the map
+            browser.close()
+            print(f"wrote {args.out}")
+            return 0
         page.goto(args.url + "?" + urlencode({"urn": args.urn, "step": args.step}))
         page.wait_for_selector("#timeline .period")
         page.wait_for_load_state("networkidle")

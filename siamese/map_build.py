@@ -43,6 +43,8 @@ MAX_CLUSTERS = 100
 REPRESENTATIVES = 6
 LABEL_SHARE = 0.5  # a value names a cluster when at least this share of its members have it
 LABEL_LIFT = 1.5  # ... and it is this much more common there than in the whole collection
+SPREAD = 0.8  # how far the layout's outskirts are drawn in (spread_out)
+LABEL_VALUES = 2  # a label names at most this many columns' values
 MAX_LABEL_VALUES = 50  # columns with more distinct values (titles, ids) never name a cluster
 OVERVIEW = 512  # pixels of the overview's side
 LAYOUT_SETTINGS = ("n_neighbors", "min_dist", "n_clusters")  # another value of one: laid out again
@@ -147,6 +149,25 @@ def warnings_silenced() -> Iterator[None]:
         yield
 
 
+def spread_out(points: np.ndarray, amount: float = SPREAD) -> np.ndarray:
+    """The layout with its outskirts drawn in: each point keeps its direction from the centre (the
+    median) but moves to a radius mixing its own (1 - amount) with the equal-area radius of its rank
+    (amount). UMAP puts small groups of look-alikes with nothing else like them (a collection's
+    oddities) far out, which left the dense core a speck in the middle of the square (the demo: half
+    the images within a quarter of the radius). The order of radii is kept, and so are neighbourhoods
+    (demo trustworthiness@10 0.9607 before, 0.9601 after)."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:
+        return points
+    centre = np.median(points, axis=0)
+    offsets = points - centre
+    radii = np.linalg.norm(offsets, axis=1)
+    largest = float(radii.max()) or 1.0
+    rank = (np.argsort(np.argsort(radii, kind="stable"), kind="stable") + 1) / len(radii)
+    new_radii = ((1 - amount) * radii / largest + amount * np.sqrt(rank)) * largest
+    return centre + offsets / np.maximum(radii, 1e-12)[:, None] * new_radii[:, None]
+
+
 def normalised(points: np.ndarray) -> np.ndarray:
     """The layout scaled into [0, 1]², aspect ratio kept, centred; outliers beyond the 0.05th and
     99.95th percentiles are pulled onto the border rather than shrinking everyone else to a dot."""
@@ -234,18 +255,20 @@ def describe_clusters(store: VectorStore, space: np.ndarray, labels: np.ndarray,
             info["representatives"] = [int(row) for row in members[np.argsort(distances)[:REPRESENTATIVES]]]
             centre = np.median(places[members], axis=0)
             info["x"], info["y"] = round(float(centre[0]), 5), round(float(centre[1]), 5)
-            best = None
+            dominant = []
             for name, column, codes, overall in columns:
                 counts = np.bincount(codes[members][codes[members] >= 0], minlength=len(column.values))
                 value = int(counts.argmax())
                 share = counts[value] / len(members)
                 lift = share / max(overall[value], 1e-12)
-                if share >= LABEL_SHARE and lift >= LABEL_LIFT and (best is None or lift > best[0]):
-                    best = (lift, f"{name}: {column.values[value]}", share)
-            if best is not None:
-                used[best[1]] = used.get(best[1], 0) + 1
-                info["label"] = best[1] if used[best[1]] == 1 else f"{best[1]} ({used[best[1]]})"
-                info["label_share"] = round(float(best[2]), 3)
+                if share >= LABEL_SHARE and lift >= LABEL_LIFT:
+                    dominant.append((lift, f"{name}: {column.values[value]}", share))
+            if dominant:  # the two most distinctive values, e.g. "newspaper: Trouw · category: cars"
+                chosen = sorted(dominant, reverse=True)[:LABEL_VALUES]
+                label = " · ".join(text for _, text, _ in chosen)
+                used[label] = used.get(label, 0) + 1
+                info["label"] = label if used[label] == 1 else f"{label} ({used[label]})"
+                info["label_share"] = round(float(min(share for _, _, share in chosen)), 3)
         described.append(info)
     return described
 
@@ -402,7 +425,7 @@ def _build(store: VectorStore, index_dir: Path, thumbnails: Thumbnails | None, n
     else:
         stages.set_postfix_str("layout (UMAP)")
         layout_started = time.perf_counter()
-        places = normalised(umap_layout(space, n_neighbors, min_dist, seed, progress))
+        places = normalised(spread_out(umap_layout(space, n_neighbors, min_dist, seed, progress)))
         made["layout_seconds"] = round(time.perf_counter() - layout_started, 1)
         made["laid_out"] = count
         pending["layout"] = files.save_array(index_dir, "layout", places)
