@@ -1,6 +1,6 @@
 """The collection map at collection scale: build time, memory, what the page downloads, first draw.
 
-    python bench/map_scale.py [--work-dir DIR] [--n-items 426777] [--dim 2048] [--phases build,page]
+    python bench/map_scale.py [--work-dir DIR] [--n-items 426777] [--dim 2048] [--phases build,place,page]
                               [--draws 3] [--keep]
 
 Uses (or writes, with bench/index_scale.py's generator and annoy_indexer.py build --steps 10 1) a real
@@ -8,6 +8,8 @@ vector store of synthetic vectors, default 426,777 x 2048, then:
 
   build   make_map.py VECTOR_DIR INDEX_DIR --force in a fresh process (no thumbnails: the layout and the
           clusters, what the target is about): wall time, its layout and clusters parts, peak RSS
+  place   the last 10,000 rows (--place) placed on the map of the others as make_map.py places images
+          added later: rows per second, and how far from where UMAP had put them (map units, 0..1)
   page    app.py serving the collection (a real waitress server in its own process); what the map page
           downloads (the binary points raw and gzipped, /api/clusters, the page, map.js); headless
           Debian Chromium (Playwright) opening /map --draws times, each in a fresh browser context:
@@ -32,6 +34,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -63,6 +67,26 @@ def phase_build(vectors: Path, indices: Path) -> dict:
     made = json.loads(done.stdout.strip().splitlines()[-1])
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the only child so far
     return {"wall_s": round(wall, 1), "peak_rss_mib": round(peak), **made}
+
+
+def phase_place(vectors: Path, indices: Path, new_rows: int) -> dict:
+    """Placing images added after the map was made, as make_map.py does: the last `new_rows` rows placed
+    on the map of the others (in this process, from the map just made)."""
+    sys.path.insert(0, str(ROOT))
+    from siamese import map_build
+    from siamese.map_files import load_array, read_map_manifest
+    from siamese.vector_store import VectorStore
+
+    space, _ = map_build.map_space(VectorStore(vectors), indices)
+    places = load_array(indices, read_map_manifest(indices)["layout"], "layout")
+    mapped = len(space) - new_rows
+    started = time.perf_counter()
+    placed = map_build.place_rows(space[:mapped], places[:mapped], space[mapped:],
+                                  map_build.DEFAULT_NEIGHBOURS)
+    seconds = time.perf_counter() - started
+    moved = np.linalg.norm(placed - places[mapped:], axis=1)
+    return {"placed": new_rows, "seconds": round(seconds, 1), "rows_per_s": round(new_rows / seconds),
+            "median_distance_from_umap_place": round(float(np.median(moved)), 4)}
 
 
 def free_port() -> int:
@@ -134,8 +158,9 @@ def main() -> None:
                                                       "(e.g. bench/index_scale.py --keep's)")
     parser.add_argument("--n-items", type=int, default=426_777)
     parser.add_argument("--dim", type=int, default=2048)
-    parser.add_argument("--phases", default="build,page")
+    parser.add_argument("--phases", default="build,place,page")
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--place", type=int, default=10_000, help="rows placed in the place phase")
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="map-scale-"))
@@ -147,6 +172,9 @@ def main() -> None:
         if "build" in phases:
             results["build"] = phase_build(vectors, indices)
             print(json.dumps(results["build"]), flush=True)
+        if "place" in phases:
+            results["place"] = phase_place(vectors, indices, args.place)
+            print(json.dumps(results["place"]), flush=True)
         if "page" in phases:
             results["page"] = phase_page(vectors, indices, args.draws)
             print(json.dumps(results["page"]), flush=True)

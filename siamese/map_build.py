@@ -48,7 +48,8 @@ LABEL_VALUES = 2  # a label names at most this many columns' values
 MAX_LABEL_VALUES = 50  # columns with more distinct values (titles, ids) never name a cluster
 OVERVIEW = 512  # pixels of the overview's side
 LAYOUT_SETTINGS = ("n_neighbors", "min_dist", "n_clusters")  # another value of one: laid out again
-PLACE_CHUNK = 2048  # new rows placed at a time (their distances to every mapped row in memory)
+PLACE_CHUNK = 2048  # new rows placed at a time (their distances to every mapped row in memory) ...
+PLACE_VALUES = 50_000_000  # ... but at most this many distances at once (200 MB: 117 rows at 426,777)
 
 
 class MapError(ValueError):
@@ -188,8 +189,9 @@ def nearest_rows(space: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.nda
     norms = np.einsum("ij,ij->i", space, space)
     best_rows = np.empty((len(queries), k), dtype=np.int64)
     best_distances = np.empty((len(queries), k), dtype=np.float32)
-    for start in range(0, len(queries), PLACE_CHUNK):
-        chunk = queries[start:start + PLACE_CHUNK]
+    step = max(1, min(PLACE_CHUNK, PLACE_VALUES // max(len(space), 1)))
+    for start in range(0, len(queries), step):
+        chunk = queries[start:start + step]
         squared = norms[None, :] - 2 * (chunk @ space.T) + np.einsum("ij,ij->i", chunk, chunk)[:, None]
         part = np.argpartition(squared, k - 1, axis=1)[:, :k]
         order = np.take_along_axis(squared, part, axis=1).argsort(axis=1)
