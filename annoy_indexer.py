@@ -51,6 +51,7 @@ from siamese.index_build import (
 )
 from siamese.index_dir import WHOLE, built_step_sizes, read_manifest
 from siamese.index_dir import verify as verify_indices
+from siamese.map_files import MapDamaged, read_map_manifest, verify_map
 from siamese.projection import METRICS, exact_distances
 from siamese.qdrant_index import QdrantCandidates, QdrantLocation, QdrantUnavailable
 from siamese.reprints import MAX_CANDIDATES
@@ -517,7 +518,23 @@ def verify_collection(vector_dir: Path, index_dir: Path) -> int:
               "(--force rebuilds everything)")
     else:
         print(f"ok: {index_dir}: {checked} index files match their checksums")
-    return 1 if damaged or problems else 0
+    return 1 if damaged or problems or not map_is_whole(vector_dir, index_dir) else 0
+
+
+def map_is_whole(vector_dir: Path, index_dir: Path) -> bool:
+    """The collection map beside the indices (make_map.py), if one was made: every file against its
+    checksum; printed as the indices are."""
+    try:
+        manifest = read_map_manifest(index_dir)
+        if manifest is None:
+            return True
+        checked = verify_map(Path(index_dir), manifest)
+    except MapDamaged as error:
+        print(f"damaged: the map: {error}")
+        print(f"repair: python make_map.py {vector_dir} {index_dir} --force makes the map again")
+        return False
+    print(f"ok: {index_dir}: the map's {checked} files match their checksums")
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

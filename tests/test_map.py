@@ -308,12 +308,19 @@ def test_a_damaged_map_file_is_named_and_the_server_keeps_the_map_it_has(themed_
     monkeypatch.setattr("siamese.collection.MAP_CHECK_SECONDS", 0.0)
     assert collection.collection_map() is not None  # the map read before, still served
     assert "cannot be read" in capsys.readouterr().err
+    verified = subprocess.run([sys.executable, "annoy_indexer.py", "verify", str(directory / "vectors"),
+                               str(indices)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert verified.returncode == 1 and "damaged: the map" in verified.stdout and "--force" in verified.stdout
     done = run_make_map(directory / "vectors", indices)
     assert done.returncode == 2 and "does not match its checksum" in done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     repaired = run_make_map(directory / "vectors", indices, "--force", "--quiet")
     assert repaired.returncode == 0, repaired.stderr
     assert open_map(indices, VectorStore(directory / "vectors").years()).count == 320
+    verified = subprocess.run([sys.executable, "annoy_indexer.py", "verify", str(directory / "vectors"),
+                               str(indices)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # layout, labels, centres, overview
+    assert verified.returncode == 0 and "the map's 4 files match" in verified.stdout
 
 
 def test_a_server_picks_up_a_map_made_while_it_runs(themed_map, tmp_path, monkeypatch):
