@@ -44,11 +44,13 @@ def clusters_answer(collection: Collection, collection_map: CollectionMap,
     steps = collection.steps
     counts = collection_map.cluster_counts(steps)
     urns = collection.store.urns
+    described = collection_map.manifest["clusters"]["info"]
+    sizes = np.bincount(collection_map.clusters, minlength=len(described))
     clusters = []
-    for info in collection_map.manifest["clusters"]["info"]:
+    for info in described:
         number = info["id"]
         clusters.append({
-            "id": number, "label": info["label"], "size": int((collection_map.clusters == number).sum()),
+            "id": number, "label": info["label"], "size": int(sizes[number]),
             "x": int(round(info["x"] * 65535)), "y": int(round(info["y"] * 65535)),
             "representatives": [{"urn": urns[row], "thumbnail": thumbnail_url(urns[row])}
                                 for row in info["representatives"] if row < len(urns)],

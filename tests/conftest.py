@@ -71,6 +71,25 @@ def pairs_csv(tmp_path: Path, emoji_pairs, emoji_metadata: Path) -> Path:
     return write_csv(tmp_path / "pairs.csv", rows)
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, one per browser test module (tests/browser_support.py)."""
+    from browser_support import chromium_browser
+
+    with chromium_browser() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh page in its own context that fails the test on a JavaScript error (a module may
+    override it, e.g. with a longer timeout)."""
+    from browser_support import fresh_page
+
+    with fresh_page(browser, timeout_ms=10_000) as page:
+        yield page
+
+
 @pytest.fixture(scope="session")
 def inception_2015():
     """The real Inception v3 (Google, 2015) embedder, loaded once: conversion is cached on disk."""

@@ -11,7 +11,7 @@ from urllib.request import urlopen
 import pytest
 
 from app import Collection, make_app
-from browser_support import chromium_browser, fresh_page, record_api_requests, requires_browser, serving
+from browser_support import fresh_page, record_api_requests, requires_browser, serving
 
 pytestmark = requires_browser
 
@@ -21,18 +21,6 @@ def server(app_collection):
     collection = Collection(app_collection.vector_dir, app_collection.index_dir, app_collection.thumbnail_dir)
     with serving(make_app(collection)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium_browser() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-def page(browser):
-    with fresh_page(browser, timeout_ms=10_000) as page:
-        yield page
 
 
 def query_of(page) -> dict[str, str]:

@@ -19,7 +19,7 @@ from urllib.request import urlopen
 import pytest
 
 from app import Collection, make_app
-from browser_support import chromium_browser, fresh_page, record_api_requests, requires_browser, serving
+from browser_support import record_api_requests, requires_browser, serving
 
 pytestmark = requires_browser
 
@@ -78,18 +78,6 @@ def store_years(histogram_collection) -> list[int]:
     from siamese.vector_store import VectorStore
 
     return [int(year) for year in VectorStore(histogram_collection.vector_dir).years()]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with chromium_browser() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-def page(browser):
-    with fresh_page(browser, timeout_ms=10_000) as page:
-        yield page
 
 
 def open_map(page, url: str, query: str = "") -> dict:

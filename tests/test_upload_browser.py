@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app import Collection, make_app
-from browser_support import chromium_browser, fresh_page, record_api_requests, requires_browser, serving
+from browser_support import fresh_page, record_api_requests, requires_browser, serving
 
 pytestmark = requires_browser
 
@@ -21,14 +21,8 @@ def server(app_collection, inception_2015):
         yield url
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with chromium_browser() as chromium:
-        yield chromium
-
-
 @pytest.fixture
-def page(browser):
+def page(browser):  # uploads are embedded by the real model: a longer timeout than conftest's page
     with fresh_page(browser, timeout_ms=15_000) as page:
         yield page
 
