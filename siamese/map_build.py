@@ -397,6 +397,10 @@ def _build(store: VectorStore, index_dir: Path, thumbnails: Thumbnails | None, n
             (complete.get("atlases") or {}).get("thumbnails") == str(thumbnails.directory)
             and complete["atlases"].get("state") == thumbnails.state())):
         return {**complete, "made": {"up_to_date": True}}
+    if thumbnails is None and complete is not None and (complete.get("atlases") or {}).get("thumbnails"):
+        previous = Path(complete["atlases"]["thumbnails"])  # the folder the map's atlases came from
+        if previous.is_dir():
+            thumbnails = Thumbnails(previous)
     space, source = map_space(store, index_dir)
     years = store.years()
     made: dict = {}
@@ -471,7 +475,7 @@ def _build(store: VectorStore, index_dir: Path, thumbnails: Thumbnails | None, n
     manifest["version_of"] = files.content_name(
         "generation", repr(sorted(files.referenced_files(manifest))).encode(), "id")
     files.write_map_manifest(index_dir, manifest)
-    files.collect_garbage(index_dir, manifest)
+    files.collect_garbage(index_dir, manifest, previous=served)
     made["seconds"] = round(time.perf_counter() - started, 1)
     if pending["atlases"] is not None:
         made["atlases"] = len(pending["atlases"]["files"])

@@ -162,9 +162,11 @@ def verify_map(index_dir: Path, manifest: dict) -> int:
     return checked
 
 
-def collect_garbage(index_dir: Path, manifest: dict) -> None:
-    """Delete map files the manifest no longer names (replaced, or left by an interrupted build)."""
-    keep = referenced_files(manifest)
+def collect_garbage(index_dir: Path, manifest: dict, previous: dict | None = None) -> None:
+    """Delete map files the manifest no longer names (replaced, or left by an interrupted build), but
+    those of the `previous` map: a server reads map.json again within seconds, and until then the pages
+    it served ask for that map's atlases; the build after next removes them."""
+    keep = referenced_files(manifest) | referenced_files(previous or {})
     for path in index_dir.glob("map-*"):
         if path.name not in keep and path.suffix in (".npy", ".jpg", ".png"):
             path.unlink(missing_ok=True)

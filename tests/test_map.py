@@ -209,6 +209,17 @@ def test_atlases_hold_every_thumbnail_in_its_cell_and_the_overview_is_framed(his
                        (cell - thumbnail.width) // 2:(cell - thumbnail.width) // 2 + thumbnail.width]
         expected = np.asarray(thumbnail, dtype=float).mean(axis=(0, 1))
         assert np.abs(inner.mean(axis=(0, 1)) - expected).max() < 12
+    # images added later, run again without --thumbnails: the atlases go on from the same folder
+    store = VectorStore(directory / "vectors")
+    with VectorStoreWriter(directory / "vectors", store.model, store.n_dimensions) as writer:
+        writer.append(np.asarray(store.vectors[:2]), [{**store.items[row], "urn": f"added {row}"}
+                                                      for row in range(2)])
+    build_indices(VectorStore(directory / "vectors"), directory / "indices", IndexConfig(step_sizes=(10, 1)),
+                  verbose=False)
+    again = build_map(directory / "vectors", directory / "indices")
+    assert again["made"]["placed"] == 2
+    assert [(atlas["rows"], atlas["missing"]) for atlas in again["atlases"]["files"]] == [([0, 62], 2)]
+    # the server has not read the new map yet: the previous map's pictures are still there for it
     overview = Image.open(io.BytesIO(app.get("/" + clusters["overview"]).body))
     assert overview.size == (map_build.OVERVIEW, map_build.OVERVIEW)
     points = app.get("/api/map?limit=100").json["points"]
@@ -287,7 +298,13 @@ def test_an_interrupted_build_resumes_and_the_served_map_stays_whole(themed_map,
     remade = open_map(indices, VectorStore(directory / "vectors").years())
     assert len(remade.manifest["clusters"]["info"]) == 5
     names = {path.name for path in indices.glob("map-*")}
-    assert names == map_files.referenced_files(read_map_manifest(indices))  # the old map's files removed
+    # kept: the new map's files and the previous map's (a server may still serve it for a moment);
+    # removed: anything else (the interrupted build's layout was taken up, so it is the new map's)
+    kept = map_files.referenced_files(read_map_manifest(indices)) | map_files.referenced_files(served)
+    assert names == kept
+    monkeypatch.undo()
+    build_map(directory / "vectors", indices, n_clusters=5, force=True)
+    assert not map_files.referenced_files(served) & {path.name for path in indices.glob("map-*")}
 
 
 def test_a_damaged_map_file_is_named_and_the_server_keeps_the_map_it_has(themed_map, tmp_path, monkeypatch,
