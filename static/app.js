@@ -10,7 +10,6 @@
   const DEFAULT_STEP = steps[steps.length - 1];  // the finest: a row per year shows the most
   const DEFAULT_NNS = 10;
   const LARGER_IS_CLOSER = collection.metric === "dot";  // Annoy's "dot" distance is a similarity
-  const SVG = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
   let requestNumber = 0;  // answers to superseded requests are dropped
@@ -23,19 +22,7 @@
 
   // ------------------------------------------------------------------------------ helpers
 
-  function element(tag, properties, children) {
-    const node = document.createElement(tag);
-    Object.assign(node, properties || {});
-    for (const child of children || []) node.append(child);
-    return node;
-  }
-
-  function svg(tag, attributes, children) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
-    for (const child of children || []) node.append(child);
-    return node;
-  }
+  const { element, svg } = window.siameseDom;  // static/dom.js
 
   function pageUrl(state) {
     return "?" + new URLSearchParams([["urn", state.urn], ["step", String(state.step)], ["nns", String(state.nns)],

@@ -9,7 +9,6 @@
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const SVG = "http://www.w3.org/2000/svg";
   const MAP = JSON.parse($("map-data").textContent);  // /api/clusters' answer
   if (!MAP) return;  // no map built: the page says so (views/map.tpl)
 
@@ -35,19 +34,7 @@
 
   // ------------------------------------------------------------------------------ helpers
 
-  function element(tag, properties, children) {
-    const node = document.createElement(tag);
-    Object.assign(node, properties || {});
-    for (const child of children || []) node.append(child);
-    return node;
-  }
-
-  function svg(tag, attributes, children) {
-    const node = document.createElementNS(SVG, tag);
-    for (const [name, value] of Object.entries(attributes || {})) node.setAttribute(name, String(value));
-    for (const child of children || []) node.append(child);
-    return node;
-  }
+  const { element, svg } = window.siameseDom;  // static/dom.js
 
   const number = (value) => value.toLocaleString("en");
 

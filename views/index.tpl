@@ -7,6 +7,7 @@
   <link rel="icon" href="static/favicon.svg?v={{version}}" type="image/svg+xml">
   <link rel="stylesheet" href="static/app.css?v={{version}}">
   <script id="collection" type="application/json">{{!info_json.replace("</", "<\\/")}}</script>
+  <script src="static/dom.js?v={{version}}" defer></script>
   <script src="static/app.js?v={{version}}" defer></script>
 </head>
 <body>

@@ -10,6 +10,7 @@
   <script id="collection" type="application/json">{{!info_json.replace("</", "<\\/")}}</script>
   <script id="map-data" type="application/json">{{!map_json.replace("<", "\\u003c")}}</script>
   % if map_json != "null":
+  <script src="static/dom.js?v={{version}}" defer></script>
   <script src="static/map.js?v={{version}}" defer></script>
   % end
 </head>
